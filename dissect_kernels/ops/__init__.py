@@ -1,0 +1,1 @@
+"""Public ops: each validates its inputs, picks a backend and calls it."""

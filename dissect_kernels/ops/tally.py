@@ -1,0 +1,129 @@
+"""dk.tally: fused upsample -> threshold -> intersect over a batch (see csrc/include/.../tally.h)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dissect_kernels import _native
+from dissect_kernels.geometry import AxisTable, Geometry
+from dissect_kernels.ops import _checks
+
+BACKENDS = ("cpu", "cuda", "triton", "reference")
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@dataclass
+class TallyResult:
+    """Counts for one batch. intersection [U, C] int64; active [B, U] int64 (mask area per
+    image); max [B, U] float32 (max of each source map); touched [B, U, K] uint8 or None
+    (1 where an active pixel lies on a label of category k: NetDissect-Lite's union rule)."""
+
+    intersection: torch.Tensor
+    active: torch.Tensor
+    max: torch.Tensor
+    touched: torch.Tensor | None = None
+
+    @staticmethod
+    def empty(B: int, U: int, C: int, K: int | None, device) -> "TallyResult":
+        return TallyResult(
+            intersection=torch.zeros(U, C, dtype=torch.int64, device=device),
+            active=torch.empty(B, U, dtype=torch.int64, device=device),
+            max=torch.empty(B, U, dtype=torch.float32, device=device),
+            touched=None if K is None else torch.empty(B, U, K, dtype=torch.uint8, device=device),
+        )
+
+
+def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
+          num_concepts: int, image_labels: torch.Tensor | None = None,
+          geometry: "str | Geometry" = "half-pixel", per_layer: bool = False,
+          category_of: torch.Tensor | None = None, num_categories: int | None = None,
+          backend: str = "auto") -> TallyResult:
+    """Count, per unit and concept, the pixels where the upsampled activation exceeds the
+    unit's threshold and a label layer (or an image-level label) holds the concept.
+
+    acts [B, U, h, w] float32/16/bf16 (any strides); thresholds [U]; labels [B, L, H, W] or
+    [B, H, W] integer ids in [0, num_concepts), 0 = unlabelled; image_labels [B, M] or None.
+    per_layer counts a pixel once per layer holding c (NetDissect), else once (any layer).
+    category_of [C] (ids in [0, num_categories)) asks for the `touched` output.
+    """
+    acts = _checks.tensor("acts", acts, ndim=4, dtypes=_checks.FLOAT_DTYPES)
+    thresholds = _checks.tensor("thresholds", thresholds, ndim=1,
+                                dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
+    labels = _checks.tensor("labels", labels, ndim=(3, 4), dtypes=_checks.INT_DTYPES)
+    if labels.dim() == 3:
+        labels = labels[:, None]
+    if image_labels is not None:
+        image_labels = _checks.tensor("image_labels", image_labels, ndim=2, dtypes=_checks.INT_DTYPES)
+    if category_of is not None:
+        category_of = _checks.tensor("category_of", category_of, ndim=1, dtypes=_checks.INT_DTYPES)
+    device = _checks.same_device(acts=acts, thresholds=thresholds, labels=labels,
+                                 image_labels=image_labels, category_of=category_of)
+    B, U, h, w = acts.shape
+    _, L, H, W = labels.shape
+    if not isinstance(num_concepts, int) or num_concepts < 1:
+        raise ValueError(f"num_concepts must be a positive int, got {num_concepts!r}")
+    if labels.shape[0] != B:
+        raise ValueError(f"labels has batch size {labels.shape[0]} but acts has {B}")
+    if thresholds.shape[0] != U:
+        raise ValueError(f"thresholds has {thresholds.shape[0]} entries but acts has {U} units")
+    if image_labels is not None and image_labels.shape[0] != B:
+        raise ValueError(f"image_labels has batch size {image_labels.shape[0]} but acts has {B}")
+    if min(B, U, h, w, L, H, W) == 0:
+        raise ValueError(f"empty input: acts {tuple(acts.shape)}, labels {tuple(labels.shape)}")
+    _checks.not_nan("thresholds", thresholds)
+    _checks.not_nan("acts", acts)
+    _checks.ids_in_range("labels", labels, num_concepts)
+    _checks.ids_in_range("image_labels", image_labels, num_concepts)
+    K = None
+    if category_of is not None:
+        if category_of.shape[0] != num_concepts:
+            raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")
+        K = int(num_categories) if num_categories is not None else int(category_of.max()) + 1
+        _checks.ids_in_range("category_of", category_of, K, "num_categories")
+
+    name = _native.resolve(backend, device, BACKENDS)
+    ytab, xtab = (t.to(device) for t in Geometry.named(geometry).tables((h, w), (H, W)))
+    labels32 = labels.to(torch.int32).contiguous()
+    image32 = None if image_labels is None else image_labels.to(torch.int32).contiguous()
+    cat32 = None if category_of is None else category_of.to(torch.int32).contiguous()
+    out = TallyResult.empty(B, U, num_concepts, K, device)
+    tally_into(name, acts, thresholds.float().contiguous(), labels32, image32, ytab, xtab,
+               num_concepts, per_layer, cat32, K, out)
+    return out
+
+
+def tally_into(backend: str, acts, thresholds, labels, image_labels, ytab: AxisTable,
+               xtab: AxisTable, num_concepts: int, per_layer: bool, category_of, num_categories,
+               out: TallyResult) -> None:
+    """Run one concrete backend on prepared inputs (int32 contiguous labels, fp32 thresholds,
+    tables on the device), writing into `out`. Tests call this to poison outputs first."""
+    args = (acts, thresholds, labels, image_labels, ytab, xtab, num_concepts, per_layer,
+            category_of, num_categories, out)
+    if backend == "reference":
+        from dissect_kernels.reference.tally import tally_into as run
+        run(*args)
+    elif backend == "triton":
+        from dissect_kernels.triton.tally import tally_into as run
+        run(*args)
+    else:
+        module = _native.native("_C" if backend == "cpu" else "_cuda")
+        module.tally(_native_spec(*args), _native.stream_handle(acts.device))
+
+
+def _native_spec(acts, thresholds, labels, image_labels, ytab, xtab, num_concepts, per_layer,
+                 category_of, num_categories, out) -> dict:
+    """Pointers, shapes and element strides for the C++ entry point (python/bind_common.h)."""
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    B, U, h, w = acts.shape
+    return dict(
+        acts=ptr(acts), acts_dtype=_DTYPE_CODE[acts.dtype], B=B, U=U, h=h, w=w,
+        acts_stride=list(acts.stride()), thresholds=ptr(thresholds),
+        labels=ptr(labels), L=labels.shape[1], H=labels.shape[2], W=labels.shape[3],
+        image_labels=ptr(image_labels), M=0 if image_labels is None else image_labels.shape[1],
+        ytab=[ptr(t) for t in ytab], xtab=[ptr(t) for t in xtab],
+        C=num_concepts, per_layer=bool(per_layer),
+        category_of=ptr(category_of), K=num_categories or 0,
+        intersection=ptr(out.intersection), active=ptr(out.active), max=ptr(out.max),
+        touched=ptr(out.touched),
+    )

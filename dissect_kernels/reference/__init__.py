@@ -1,0 +1,2 @@
+"""Pure-PyTorch oracles: slow, obvious, materialising, exact. Every fast backend is tested
+against these."""

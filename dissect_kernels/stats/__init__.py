@@ -1,0 +1,1 @@
+"""Mergeable accumulators: update / merge / state_dict / load_state_dict."""

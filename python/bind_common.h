@@ -1,0 +1,56 @@
+// Helpers shared by the CPU and CUDA bindings: read an op's argument dict (integers that are
+// pointers, shapes and strides, built by dissect_kernels/ops/<op>.py) into the plain C++ struct.
+#pragma once
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <vector>
+
+#include "dissect_kernels/tally.h"
+
+namespace dissect_kernels::bind {
+namespace py = pybind11;
+
+template <typename T>
+inline T* ptr(const py::dict& d, const char* key) {
+  return reinterpret_cast<T*>(static_cast<std::uintptr_t>(d[key].cast<std::int64_t>()));
+}
+
+inline AxisTable axis_table(const py::dict& d, const char* key, int64_t n) {
+  auto p = d[key].cast<std::vector<std::int64_t>>();
+  auto as = [](std::int64_t v) { return reinterpret_cast<const void*>(static_cast<std::uintptr_t>(v)); };
+  return AxisTable{static_cast<const int32_t*>(as(p.at(0))), static_cast<const int32_t*>(as(p.at(1))),
+                   static_cast<const float*>(as(p.at(2))), static_cast<const float*>(as(p.at(3))), n};
+}
+
+inline TallyArgs tally_args(const py::dict& d) {
+  TallyArgs a;
+  a.acts = ptr<const void>(d, "acts");
+  a.acts_dtype = static_cast<DType>(d["acts_dtype"].cast<int>());
+  a.B = d["B"].cast<int64_t>();
+  a.U = d["U"].cast<int64_t>();
+  a.h = d["h"].cast<int64_t>();
+  a.w = d["w"].cast<int64_t>();
+  auto st = d["acts_stride"].cast<std::vector<int64_t>>();
+  for (int i = 0; i < 4; ++i) a.acts_stride[i] = st.at(i);
+  a.thresholds = ptr<const float>(d, "thresholds");
+  a.labels = ptr<const int32_t>(d, "labels");
+  a.L = d["L"].cast<int64_t>();
+  a.H = d["H"].cast<int64_t>();
+  a.W = d["W"].cast<int64_t>();
+  a.image_labels = ptr<const int32_t>(d, "image_labels");
+  a.M = d["M"].cast<int64_t>();
+  a.ytab = axis_table(d, "ytab", a.H);
+  a.xtab = axis_table(d, "xtab", a.W);
+  a.C = d["C"].cast<int64_t>();
+  a.per_layer = d["per_layer"].cast<bool>();
+  a.category_of = ptr<const int32_t>(d, "category_of");
+  a.K = d["K"].cast<int64_t>();
+  a.intersection = ptr<int64_t>(d, "intersection");
+  a.active = ptr<int64_t>(d, "active");
+  a.max = ptr<float>(d, "max");
+  a.touched = ptr<uint8_t>(d, "touched");
+  return a;
+}
+
+}  // namespace dissect_kernels::bind

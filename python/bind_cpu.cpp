@@ -1,0 +1,16 @@
+// pybind11 module dissect_kernels._C: the CPU kernels, called with pointers from Python.
+#include <pybind11/pybind11.h>
+
+#include "bind_common.h"
+
+namespace py = pybind11;
+using namespace dissect_kernels;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dissect_kernels CPU kernels (torch-free; arguments are pointers, shapes, strides)";
+  m.def("tally", [](const py::dict& spec, std::int64_t /*stream*/) {
+    TallyArgs args = bind::tally_args(spec);
+    py::gil_scoped_release release;
+    tally_cpu(args);
+  }, py::arg("spec"), py::arg("stream") = 0, "Fused upsample-threshold-intersect (see tally.h).");
+}
