@@ -83,6 +83,11 @@ class LayerResult:
     extra: dict[str, Any] = field(default_factory=dict)           # JSON: any other layer facts
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "LayerResult":
+        """Check shapes/dtypes/ids (errors name the field) and normalise tensors to CPU; rerun by
+        save_results, so fields changed after construction are checked too."""
         if not isinstance(self.layer, str) or not self.layer:
             raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
         p = f"LayerResult({self.layer!r})."
@@ -115,6 +120,8 @@ class LayerResult:
             if ids.numel() and (int(ids.min()) < -1 or int(ids.max()) >= upper):
                 raise ValueError(f"{p}{name} holds ids in [{int(ids.min())}, {int(ids.max())}] "
                                  f"but they must lie in [-1, {upper})")
+        if bool((self.detector & (self.best_label < 0)).any()):
+            raise ValueError(f"{p}detector is set for units without a label (best_label == -1)")
         self.iqr = _as_tensor(p + "iqr", self.iqr, ndim=2, optional=True)
         _shape(p + "iqr", self.iqr, (U, C))
         self.topk_indices = _as_tensor(p + "topk_indices", self.topk_indices, dtype=torch.int64,
@@ -143,6 +150,7 @@ class LayerResult:
                                  f"directory, got absolute path {str(path)!r}")
             strips[u] = None if path is None else Path(path).as_posix()
         self.exemplar_strips = dict(sorted(strips.items()))
+        return self
 
     @classmethod
     def build(cls, layer: str, iou, thresholds, best_label, best_iou, *, concept_names,
@@ -155,7 +163,7 @@ class LayerResult:
         best_label = _as_tensor("best_label", best_label, dtype=torch.int64, ndim=1)
         best_iou = _as_tensor("best_iou", best_iou, ndim=1)
         valid = best_label >= 0
-        safe = best_label.clamp(min=0)
+        safe = best_label.clamp(0, max(len(category_of) - 1, 0))  # bad ids: reported by cls()
         if best_category is None:
             best_category = torch.where(valid, category_of[safe], torch.full_like(safe, -1))
         iqr_t = _as_tensor("iqr", iqr, ndim=2, optional=True)
@@ -221,6 +229,10 @@ class DissectionResult:
     version: str = ""                       # dissect_kernels version that produced it
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "DissectionResult":
+        """Check (and normalise) the run's fields and every layer; rerun by save_results."""
         if isinstance(self.convention, Convention):
             self.convention = self.convention.name
         if self.unit_base is None:
@@ -234,12 +246,14 @@ class DissectionResult:
                 raise TypeError(f"layers[{name!r}] must be a LayerResult, got {type(lr).__name__}")
             if lr.layer != name:
                 raise ValueError(f"layers[{name!r}] holds the result of layer {lr.layer!r}")
+            lr.validate()
         self.skipped = int(self.skipped)
         self.skip_reasons = {str(k): int(v) for k, v in self.skip_reasons.items()}
         self.timing = {str(k): float(v) for k, v in self.timing.items()}
         if not self.version:
             from dissect_kernels import __version__
             self.version = __version__
+        return self
 
 
 # ---------------------------------------------------------------- saving
@@ -398,6 +412,7 @@ def save_results(out_dir, result: DissectionResult) -> dict[str, Path]:
     atomically: either all three are replaced or none (earlier files stay intact)."""
     if not isinstance(result, DissectionResult):
         raise TypeError(f"result must be a DissectionResult, got {type(result).__name__}")
+    result.validate()
     run_id = uuid.uuid4().hex
     summary_dict(result, run_id)  # validate metadata before touching the disk
     out = ensure_dir(out_dir)

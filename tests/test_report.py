@@ -197,9 +197,17 @@ def test_report_bar_graph_is_inline_svg(tmp_path):
 def test_report_without_detectors_has_no_graph(tmp_path):
     lr = make_layer("quiet", 4, seed=9, high=0.01)
     assert lr.num_detectors == 0
-    page = parse(write_report(tmp_path, dk.DissectionResult([lr], convention="exact")))
+    e = dk.LayerResult("empty", lr.iou[:0], lr.thresholds[:0], lr.best_label[:0], lr.best_iou[:0],
+                       lr.best_category[:0], lr.detector[:0], lr.concept_names, lr.category_names,
+                       lr.category_of)
+    page = parse(write_report(tmp_path, dk.DissectionResult([lr, e], convention="exact")))
     assert not [ref for ref in page.refs if ref.startswith("data:")]
-    assert "<b>0/4</b> units are detectors covering <b>0</b>" in (tmp_path / "report.html").read_text()
+    text = (tmp_path / "report.html").read_text()
+    assert "<b>0/4</b> units are detectors covering <b>0</b>" in text
+    assert "<b>0/0</b> units are detectors" in text
+    assert [len(t["rows"]) for t in page.tables if t["layer"]] == [4, 0]
+    quiet = next(t for t in page.tables if t["layer"] == "quiet")
+    assert [int(row["cells"][0]) for row in quiet["rows"]] == [0, 1, 2, 3]  # exact: 0-based
 
 
 def test_report_from_loaded_results_is_identical(tmp_path):

@@ -185,6 +185,28 @@ def test_validation_names_the_field(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_fields_changed_after_construction_are_checked_on_save(tmp_path):
+    r = make_result()
+    r.layers["features.3"].exemplar_strips[99] = "images/x.jpg"
+    with pytest.raises(ValueError, match="exemplar_strips has unit 99"):
+        dk.save_results(tmp_path, r)
+    r.layers["features.3"].exemplar_strips.pop(99)
+    r.layers["features.3"].best_iou = r.layers["features.3"].best_iou[:-1]
+    with pytest.raises(ValueError, match="best_iou must have shape"):
+        dk.save_results(tmp_path, r)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layer_without_units_round_trips(tmp_path):
+    lr = make_layer("empty", 1, seed=5)
+    e = dk.LayerResult("empty", lr.iou[:0], lr.thresholds[:0], lr.best_label[:0], lr.best_iou[:0],
+                       lr.best_category[:0], lr.detector[:0], CONCEPTS, CATEGORIES, lr.category_of)
+    r = dk.DissectionResult([e, make_layer("x", 3, seed=6)])
+    dk.save_results(tmp_path, r)
+    assert_same(r, dk.load_results(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text())["layers"]["empty"]["units"] == 0
+
+
 @pytest.mark.parametrize("writer", ["_write_tensors", "_write_units_csv", "_write_summary"])
 def test_failure_mid_save_keeps_previous_run(tmp_path, monkeypatch, writer):
     first = make_result()

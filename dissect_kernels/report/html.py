@@ -131,6 +131,7 @@ def write_report(out_dir, result: DissectionResult, *, title: str = "Network dis
     relative paths when the files exist. Returns the report's path."""
     if not isinstance(result, DissectionResult):
         raise TypeError(f"result must be a DissectionResult, got {type(result).__name__}")
+    result.validate()
     out = ensure_dir(out_dir)
     page = html_page(title, report_body(out, result, title))
     atomic_write(out, {REPORT_FILE: lambda p: Path(p).write_text(page, encoding="utf-8")})
