@@ -1,5 +1,12 @@
 """Dissection results: per-layer IoU scores, labels and counts (`LayerResult`, `DissectionResult`),
-saved atomically as results.safetensors + units.csv + summary.json and loaded back exactly."""
+saved atomically as results.safetensors + units.csv + summary.json and loaded back exactly.
+
+Files: results.safetensors holds every tensor as `<layer>/<field>` (iou, thresholds, best_label,
+best_iou, best_category, detector, category_of, [iqr, topk_indices, topk_values, rotation]) and
+`<layer>/counts.<name>`; units.csv has one row per unit (layer, unit numbered from unit_base,
+label, category, iou, threshold, detector 1/0[, iqr]); summary.json holds the run's metadata,
+per-layer totals (units, detectors, unique_concepts, detector_concepts), names and unit rows.
+A run id ties the safetensors file to its summary.json, so mixed files are refused on load."""
 from __future__ import annotations
 
 import csv

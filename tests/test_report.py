@@ -138,6 +138,16 @@ def test_grouped_bar_draws_every_bar():
     assert len({p.get_facecolor() for p in ax.patches}) == 2  # coloured by group
 
 
+def test_detector_bars_counts_detectors_by_category_and_concept():
+    from dissect_kernels.report.plots import detector_bars
+    lr = make_layer("l", 40, seed=11)
+    ax = detector_bars(lr).axes[0]
+    shown = dict(zip([t.get_text() for t in ax.get_xticklabels()], [p.get_height() for p in ax.patches]))
+    labels = lr.best_label[lr.detector].tolist()
+    assert shown == {lr.concept_names[c]: labels.count(c) for c in set(labels)}
+    assert len(detector_bars(lr, max_bars=2).axes[0].patches) == 2
+
+
 # ------------------------------------------------------------------ report
 
 def build_run(out: Path):

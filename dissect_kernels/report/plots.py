@@ -70,20 +70,24 @@ def svg_data_uri(svg: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
 
 
-def detector_bars(layer_result) -> Figure | None:
+def detector_bars(layer_result, *, max_bars: int = 200) -> Figure | None:
     """Detector units per concept, grouped by the category of their label (NetDissect-Lite's
-    bar graph; groups and bars most frequent first), or None when the layer has no detector."""
+    bar graph; groups and bars most frequent first), at most max_bars concepts (the most
+    frequent), or None when the layer has no detector."""
     lr = layer_result
     det = lr.detector
     if not bool(det.any()):
         return None
-    by_cat: dict[int, dict[str, int]] = {}
+    tally: dict[tuple[int, int], int] = {}
     for c, k in zip(lr.best_label[det].tolist(), lr.best_category[det].tolist()):
-        name = lr.concept_names[c] if c >= 0 else "-"
-        by_cat.setdefault(k, {}).setdefault(name, 0)
-        by_cat[k][name] += 1
-    groups = [(lr.category_names[k] if k >= 0 else "-",
-               sorted(bars.items(), key=lambda t: (-t[1], t[0])))
-              for k, bars in sorted(by_cat.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))]
-    return grouped_bar(groups, ylabel="detector units", title=f"{lr.layer}: detectors per concept",
-                       integer=True)
+        tally[(k, c)] = tally.get((k, c), 0) + 1
+    kept = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[:max_bars]
+    by_cat: dict[int, list[tuple[str, int]]] = {}
+    for (k, c), n in kept:
+        by_cat.setdefault(k, []).append((lr.concept_names[c], n))
+    groups = [(lr.category_names[k] if k >= 0 else "-", bars)
+              for k, bars in sorted(by_cat.items(), key=lambda kv: (-sum(n for _, n in kv[1]), kv[0]))]
+    title = f"{lr.layer}: detectors per concept"
+    if len(kept) < len(tally):
+        title += f" (the {len(kept)} most frequent of {len(tally)})"
+    return grouped_bar(groups, ylabel="detector units", title=title, integer=True)
