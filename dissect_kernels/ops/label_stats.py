@@ -90,10 +90,13 @@ def count_ids(ids: torch.Tensor, num: int, dedup: bool) -> torch.Tensor:
     B, L, P = ids.shape
     ids = ids.long()
     if dedup and L > 1:
-        ids, _ = ids.sort(dim=1)
+        # an entry repeating an earlier layer's id at the same position goes to an overflow bin
+        # (L(L-1)/2 compares: far cheaper than sorting along a short middle axis)
         repeat = torch.zeros_like(ids, dtype=torch.bool)
-        repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
-        ids = torch.where(repeat, num, ids)  # park repeats in an overflow bin
+        for i in range(1, L):
+            for j in range(i):
+                repeat[:, i] |= ids[:, i] == ids[:, j]
+        ids = torch.where(repeat, num, ids)
     offset = torch.arange(B, device=ids.device)[:, None, None] * (num + 1)
     flat = (ids + offset).reshape(-1)
     return torch.bincount(flat, minlength=B * (num + 1)).reshape(B, num + 1)[:, :num]
