@@ -4,7 +4,7 @@ import torch
 
 import dissect_kernels as dk
 from dissect_kernels.ops.label_stats import LabelStats, label_stats_into
-from tests.conftest import poison_like
+from conftest import poison_like
 
 
 def random_labels(seed, B=3, L=3, H=5, W=6, C=9, M=2, dtype=torch.int32):

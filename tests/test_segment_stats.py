@@ -4,7 +4,7 @@ import torch
 
 import dissect_kernels as dk
 from dissect_kernels.ops.segment_stats import segment_stats_into
-from tests.conftest import poison_like
+from conftest import poison_like
 
 
 def random_segmentation(seed, shape=(4, 7, 5), classes=6, dtype=torch.int64):

@@ -28,7 +28,12 @@ Readings chosen where REFERENCE-CONVENTIONS leaves room:
   MI and JE clamped >= 0, IQR NaN -> 0.
 - best() ties: lowest concept id (global rule); per-category rule: lowest category among equal
   bests, lowest concept id inside it. A unit with no concepts >= 1 gets label 0, IoU 0.
+- dissect: detectors() applies "best IoU > 0.04" to whatever wins best(), condition 0 included.
 - Merging or loading compares sizes, category_of and the convention *name*.
+
+Reference behaviour deliberately not reproduced (data-selection quirks, not scoring rules):
+ND's cap of 2048 (count, unit, label) triples per image; NDL's stale category flag for images
+with only image-level labels; GD's label-0 category presence (above); DB's float32 means.
 """
 from __future__ import annotations
 
