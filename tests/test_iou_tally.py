@@ -285,3 +285,36 @@ def test_counts_on_cuda_equal_cpu():
     for key, value in counts_of(cpu).items():
         assert torch.equal(value, counts_of(gpu)[key].cpu()), key
     torch.testing.assert_close(gpu.iou().cpu(), cpu.iou(), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+def test_random_configurations_match_oracle(seed, convention):
+    """Random sizes (single layer, no image labels, half-precision activations, odd maps)."""
+    g = torch.Generator().manual_seed(100 + seed)
+    rint = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    u, c, k = rint(1, 4), rint(2, 8), rint(1, 3)
+    cat = torch.randint(0, k, (c,), generator=g)
+    dtype = [torch.float32, torch.float16, torch.bfloat16][seed]
+    batches = []
+    for _ in range(2):
+        b, L, H, W, h, w = rint(1, 3), rint(1, 3), rint(3, 7), rint(3, 7), rint(2, 4), rint(2, 4)
+        acts = torch.randn(b, u, h, w, generator=g).to(dtype)
+        labels = torch.randint(0, c, (b, L, H, W), generator=g)
+        image = torch.randint(0, c, (b, rint(1, 2)), generator=g) if seed != 1 else None
+        batches.append((acts, labels, image))
+    thresholds = torch.cat([a.float().flatten(2).transpose(0, 1).reshape(u, -1)
+                            for a, _, _ in batches], 1).quantile(0.6, dim=1)
+    geometry = GEOMETRY.get(convention, get_convention(convention).geometry)
+    t = dk.IoUTally(u, c, cat, num_categories=k, convention=convention)
+    for acts, labels, image in batches:
+        t.update(acts, thresholds, labels, image, geometry=geometry)
+    ref = reference_counts(batches, thresholds, num_concepts=c, category_of=cat,
+                           num_categories=k, convention=convention, geometry=geometry)
+    assert 0 < int(t.active_total.sum()) < ref["N"] * u
+    assert t.intersection.tolist() == ref["I"] and t.truth.tolist() == ref["G"]
+    assert t.activation.tolist() == ref["A"] and t.category_pixels.tolist() == ref["tot"]
+    want = reference_scores(ref, category_of=cat, num_categories=k, convention=convention)
+    torch.testing.assert_close(t.iou(), want["iou"], rtol=1e-13, atol=0)
+    torch.testing.assert_close(t.iqr(), want["iqr"], rtol=1e-12, atol=1e-15)
+    assert torch.equal(t.best()[0], want["label"]) and torch.equal(t.detectors(), want["detectors"])
