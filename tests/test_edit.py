@@ -146,3 +146,17 @@ def test_bad_inputs_are_named():
         edit(x, 1.0, 0.0, backend="gpu")
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         edit([1.0], 1.0, 0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_on_cuda_matches_oracle(dtype):
+    for seed in range(40):
+        x, alpha, value = _case(seed)
+        x, alpha, value = x.to(dtype).cuda(), alpha.cuda(), value.cuda()
+        want = oracle(*_prepare(x, alpha, value))
+        got = edit(x, alpha, value)  # auto -> triton on CUDA
+        assert torch.equal(_bits(got), _bits(want)), seed
+        y = x.clone()
+        edit_(y, alpha, value)
+        assert torch.equal(_bits(y), _bits(want)), seed

@@ -249,3 +249,32 @@ def test_classifier_ablation_bad_inputs():
                             progress=False)
     with pytest.raises(LookupError):
         classifier_ablation(model, "fc1", loader, num_classes=3, progress=False)
+
+
+def test_keyword_called_layer_and_top_level_exports():
+    import dissect_kernels as dk
+    from test_hooks import KwNet
+    torch.manual_seed(0)
+    model, x = KwNet().eval(), torch.randn(2, 3, 4, 4)
+    sets = [[0], [1, 2], [3]]
+    with torch.no_grad():
+        got = dk.intervene(model, "scale", sets, x, mode="insert", values=torch.tensor([1.0, 2, 3, 4]))
+        want = []
+        for s in unit_masks(sets, 4):
+            with dk.Trace(model, "scale", edit=dk.Edit(s, torch.tensor([1.0, 2, 3, 4]))):
+                want.append(model(x))
+    assert torch.equal(got, torch.stack(want))
+    assert dk.classifier_ablation is classifier_ablation and callable(dk.edit_)
+
+
+@pytest.mark.gpu
+def test_batched_equals_loop_on_cuda():
+    model, x = conv_net().cuda(), torch.randn(4, 3, 10, 10, device="cuda")
+    sets = [[u] for u in range(16)] + [list(range(8))]
+    pos = torch.rand(4, 5, 5, device="cuda") > 0.3
+    with torch.no_grad():
+        got = intervene(model, "2", sets, x, positions=pos, chunk_size=5)
+        A = unit_masks(sets, 16, "cuda")
+        for s in range(len(sets)):
+            with Trace(model, "2", edit=Edit(A[s].view(1, 16, 1, 1) * pos[:, None].float(), 0.0)):
+                assert torch.equal(got[s], model(x))
