@@ -132,6 +132,8 @@ class TraceDict(OrderedDict):
                  retain_input: bool = False, detach: bool = True, clone: bool = False):
         super().__init__()
         layers = [layers] if isinstance(layers, str) else list(layers)
+        if not all(isinstance(n, str) for n in layers):
+            raise TypeError(f"layers must be module names (str), got {layers}")
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers lists a name twice: {layers}")
         edits = dict(edits or {})

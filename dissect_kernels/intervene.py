@@ -3,6 +3,7 @@ positions) on one batch in one forward pass, and the classifier ablation experim
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
@@ -35,8 +36,9 @@ def unit_masks(unit_sets, num_units: int, device=None) -> torch.Tensor:
         raise TypeError(f"unit_sets must be a list of unit-id sets or a tensor, got {type(unit_sets).__name__}")
     rows, cols = [], []
     for s, units in enumerate(unit_sets):
-        ids = torch.as_tensor([units] if isinstance(units, int) else list(units) if not isinstance(
-            units, torch.Tensor) else units.reshape(-1).tolist(), dtype=torch.int64)
+        if isinstance(units, torch.Tensor):
+            units = units.reshape(-1).tolist()
+        ids = torch.as_tensor([units] if isinstance(units, numbers.Integral) else list(units), dtype=torch.int64)
         rows.append(torch.full_like(ids, s))
         cols.append(ids)
     cols = torch.cat(cols) if cols else torch.zeros(0, dtype=torch.int64)
@@ -80,7 +82,7 @@ class _Plan:
         self.unit_sets, self.values, self.positions, self.layer = unit_sets, values, positions, layer
         self.alpha_units = None
 
-    def prepare(self, out: torch.Tensor, B: int, S_expected: int | None) -> None:
+    def prepare(self, out: torch.Tensor, B: int) -> None:
         if self.alpha_units is not None:
             return
         if out.dim() < 2:
@@ -156,6 +158,8 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
         values = 0.0
     if positions is not None and not isinstance(positions, torch.Tensor):
         raise TypeError(f"positions must be a tensor or None, got {type(positions).__name__}")
+    if not isinstance(unit_sets, (list, tuple, torch.Tensor)):
+        raise TypeError(f"unit_sets must be a list of unit-id sets or a tensor, got {type(unit_sets).__name__}")
     S = len(unit_sets)
     if S == 0:
         raise ValueError("unit_sets is empty")
@@ -181,7 +185,7 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
             expect = B if replicate == "output" else c * B
             if out.shape[0] != expect:
                 raise ValueError(f"layer {layer!r} output has batch {out.shape[0]}, expected {expect}")
-            plan.prepare(out, B, S)
+            plan.prepare(out, B)
             a, v = plan.chunk(s0, s1, out, B)
             grad = torch.is_grad_enabled() and (out.requires_grad or a.requires_grad or
                                                 (isinstance(v, torch.Tensor) and v.requires_grad))

@@ -83,6 +83,14 @@ def test_unit_set_formats_and_soft_alpha_and_measure():
         got = intervene(model, "2", soft, x, mode="insert", values=1.5)
         want = [model_edit(model, x, soft[s].view(1, U, 1, 1), 1.5) for s in range(4)]
         assert torch.equal(got, torch.stack(want))
+        per_sample = torch.randn(2, U, 1, 1)  # insertion values that differ per sample
+        got = intervene(model, "2", [[1, 2], [4]], x, mode="insert", values=per_sample, chunk_size=1)
+        want = [model_edit(model, x, m.view(1, U, 1, 1), per_sample) for m in unit_masks([[1, 2], [4]], U)]
+        assert torch.equal(got, torch.stack(want))
+        with pytest.raises(ValueError, match="batch size 1 or 2"):
+            intervene(model, "2", [[1]], x, mode="insert", values=torch.randn(3, U, 1, 1))
+        with pytest.raises(TypeError, match="unit_sets must be"):
+            intervene(model, "2", (u for u in range(3)), x)
 
 
 def model_edit(model, x, alpha, value):

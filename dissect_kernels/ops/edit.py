@@ -1,5 +1,10 @@
 """dk.edit: the intervention rule x <- x*(1-alpha) + value*alpha (GAN Dissection's ablation /
-insertion), fused into one pass with alpha and value broadcast through strides."""
+insertion), fused into one pass with alpha and value broadcast through strides.
+
+Backends: "triton" (CUDA; CPU only under TRITON_INTERPRET=1), "cpu" (torch's vectorised
+expression updated in place on one fp32 buffer: the rule is memory-bound and torch's loops
+already stream at bandwidth, so there is no C++ kernel), "reference" (the oracle). "auto":
+cpu on CPU tensors, triton on CUDA (reference if triton is missing)."""
 from __future__ import annotations
 
 import torch
