@@ -58,19 +58,55 @@ class Render(nn.Module):
         return image
 
 
+class Linear(nn.Linear):
+    """nn.Linear computed as a per-row multiply-and-sum, so every sample's output is bitwise
+    the same whatever the batch size (BLAS picks batch-dependent blockings)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, None, :] * self.weight[None]).sum(-1) + self.bias
+
+
+class Pointwise(nn.Conv2d):
+    """1x1 convolution as a per-pixel multiply-and-sum (batch-size invariant, see Linear)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight[:, :, 0, 0]
+        return (x[:, None] * w[None, :, :, None, None]).sum(2) + self.bias[None, :, None, None]
+
+
+class Depthwise3x3(nn.Conv2d):
+    """Depthwise 3x3 convolution with replicate padding as nine shifted multiply-adds in a
+    fixed order (batch-size invariant, see Linear)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, 3, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[2:]
+        xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        out = self.bias[None, :, None, None].expand_as(x).clone()
+        for dy in range(3):
+            for dx in range(3):
+                out = out + xp[:, :, dy:dy + H, dx:dx + W] * self.weight[None, :, 0, dy, dx, None, None]
+        return out
+
+
 class TinyGenerator(nn.Module):
-    """z [B, z_dim] -> image [B, 3, 64, 64] in [-1, 1] through named layers layer1..layer4."""
+    """z [B, z_dim] -> image [B, 3, 64, 64] in [-1, 1] through named layers layer1..layer4.
+    Every op is per sample with a fixed arithmetic order: outputs do not depend on the batch."""
 
     def __init__(self, z_dim: int = Z_DIM, num_fields: int = NUM_FIELDS, num_units: int = NUM_UNITS,
                  num_classes: int = len(CLASS_NAMES)):
         super().__init__()
         self.z_dim = z_dim
-        self.layer1 = nn.Sequential(nn.Linear(z_dim, num_fields * 64), nn.Unflatten(1, (num_fields, 8, 8)))
+        self.layer1 = nn.Sequential(Linear(z_dim, num_fields * 64), nn.Unflatten(1, (num_fields, 8, 8)))
         self.layer2 = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                                    nn.Conv2d(num_fields, num_fields, 3, padding=1, groups=num_fields,
-                                              padding_mode="replicate"))
-        self.layer3 = nn.Sequential(nn.Conv2d(num_fields, num_units, 1), nn.ReLU())
-        self.layer4 = nn.Sequential(nn.Conv2d(num_units, num_classes, 1),
+                                    Depthwise3x3(num_fields))
+        self.layer3 = nn.Sequential(Pointwise(num_fields, num_units), nn.ReLU())
+        self.layer4 = nn.Sequential(Pointwise(num_units, num_classes),
                                     nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False))
         self.render = Render(palette_tensor()[:num_classes])
 

@@ -1,0 +1,218 @@
+"""GAN dissection: the planted tiny generator, exact level counts vs a brute-force oracle, the
+IQR search vs a per-candidate loop, dissect_generator's labels, batch-size invariance, outputs
+and bad input."""
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dissect_kernels.generator import dissect_generator, iqr_search, level_fractions, sample_z
+from dissect_kernels.models.tiny_gan import (TINY_GAN_INFO, TINY_GAN_WEIGHTS, default_segmenter,
+                                             load_default_generator, palette_tensor, tiny_gan_info)
+from dissect_kernels.results import load_results
+from dissect_kernels.stats.iou_tally import iqr_from_table
+from dissect_kernels.stats.level_counts import LevelCounts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def gan():
+    return load_default_generator(), default_segmenter(), tiny_gan_info()
+
+
+@pytest.fixture(scope="module")
+def dissected(gan):
+    g, s, _ = gan
+    return dissect_generator(g, "layer3", s, num_samples=48, batch_size=16, progress=False)
+
+
+def test_tiny_gan_is_painted_from_the_palette_and_segmented_exactly(gan):
+    g, s, _ = gan
+    with torch.no_grad():
+        images = g(sample_z(torch.arange(12), g.z_dim, seed=3))
+    labels = s(images)
+    assert labels.shape == (12, 1, 64, 64) and labels.dtype == torch.int64
+    repainted = palette_tensor()[labels[:, 0]].permute(0, 3, 1, 2)
+    assert torch.equal(repainted, images)
+    present = torch.bincount(labels.flatten(), minlength=5)
+    assert bool((present > 0).all())                       # every class appears somewhere
+
+
+def test_build_script_reproduces_the_shipped_weights(tmp_path):
+    mod = runpy.run_path(str(ROOT / "scripts" / "build_tiny_gan.py"))
+    mod["main"](["--out-dir", str(tmp_path)])
+    built, shipped = load_file(str(tmp_path / "tiny_gan.safetensors")), load_file(str(TINY_GAN_WEIGHTS))
+    assert built.keys() == shipped.keys()
+    assert all(torch.equal(built[k], shipped[k]) for k in built)
+    assert json.loads((tmp_path / "tiny_gan.json").read_text()) == json.loads(TINY_GAN_INFO.read_text())
+    assert TINY_GAN_WEIGHTS.stat().st_size < 1 << 20
+
+
+def test_sample_z_depends_only_on_seed_and_index():
+    a = sample_z(torch.tensor([0, 1, 2, 3, 4]), 7, seed=5)
+    b = sample_z(torch.tensor([3, 1]), 7, seed=5)
+    assert torch.equal(a[[3, 1]], b)
+    assert not torch.equal(sample_z(torch.tensor([3]), 7, seed=6), b[:1])
+
+
+def _brute_level_counts(up, labels, levels, C, category_of, K):
+    """Obvious loops: counts above each level overall, per present category, per label."""
+    B, U, H, W = up.shape
+    NL = levels.shape[1]
+    planes = torch.zeros(B, C, H, W, dtype=torch.bool)
+    for layer in range(labels.shape[1]):
+        for c in range(1, C):
+            planes[:, c] |= labels[:, layer] == c
+    present = torch.zeros(B, K, dtype=torch.bool)
+    for c in range(1, C):
+        present[:, category_of[c]] |= planes[:, c].flatten(1).any(1)
+    above_all = torch.zeros(U, NL, dtype=torch.int64)
+    above_cat = torch.zeros(U, NL, K, dtype=torch.int64)
+    above_label = torch.zeros(U, NL, C, dtype=torch.int64)
+    for u in range(U):
+        for j in range(NL):
+            m = up[:, u] > levels[u, j]
+            above_all[u, j] = m.sum()
+            for k in range(K):
+                above_cat[u, j, k] = m[present[:, k]].sum()
+            for c in range(1, C):
+                above_label[u, j, c] = (m & planes[:, c]).sum()
+    return above_all, above_cat, above_label, planes.sum((0, 2, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_level_counts_match_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, U, H, W, C, K, L, NL = 3, 4, 5, 6, 6, 3, 2, 7
+    up = torch.randn(B, U, H, W, generator=g).round(decimals=1)        # ties with the levels
+    labels = torch.randint(0, C, (B, L, H, W), generator=g)
+    labels[:, 1][torch.rand(B, H, W, generator=g) < 0.5] = 0
+    labels[0, 1] = labels[0, 0]                                        # repeats count once
+    levels = torch.randn(U, NL, generator=g).round(decimals=1)         # unsorted, with ties
+    category_of = torch.tensor([0, 0, 1, 1, 2, 2])
+    lc = LevelCounts(levels, C, category_of, num_categories=K, max_chunk=2 * H * W * B)
+    lc.update(up[:2], labels[:2])
+    other = LevelCounts(levels, C, category_of, num_categories=K)
+    other.update(up[2:], labels[2:])
+    lc.merge(other)
+    a_all, a_cat, a_lab, truth = _brute_level_counts(up, labels, levels, C, category_of, K)
+    assert torch.equal(lc.above_all, a_all)
+    assert torch.equal(lc.above_cat, a_cat)
+    assert torch.equal(lc.above_label, a_lab)
+    assert torch.equal(lc.truth, truth)
+    assert int(lc.total_pixels) == B * H * W
+
+
+def test_iqr_search_matches_a_per_candidate_loop():
+    g = torch.Generator().manual_seed(7)
+    B, U, H, W, C = 4, 3, 8, 8, 4
+    labels = torch.randint(0, C, (B, 1, H, W), generator=g)
+    up = torch.rand(B, U, H, W, generator=g) + 0.6 * (labels == 1).float() - 0.05
+    levels = torch.quantile(up.transpose(0, 1).reshape(U, -1),
+                            torch.tensor(1 - level_fractions(), dtype=torch.float32), dim=1).t().contiguous()
+    cat = torch.tensor([0, 0, 0, 1])
+    lc = LevelCounts(levels, C, cat, num_categories=2)
+    lc.update(up, labels)
+    best, at = iqr_search(lc, levels)
+    for u in range(U):
+        for c in range(1, C):
+            k = int(cat[c])
+            tot = float(lc.category_pixels[k])
+            frac = float(lc.truth[c]) / float(lc.total_pixels)
+            scores = []
+            for j in range(levels.shape[1]):
+                truth, pred = float(lc.truth[c]) / tot, float(lc.above_cat[u, j, k]) / tot
+                isect = float(lc.above_label[u, j, c]) / tot
+                p = torch.tensor([[isect, pred - isect], [truth - isect, 1 - pred - truth + isect]],
+                                 dtype=torch.float64).clamp(0, 1)
+                ok = p[0, 0] + p[1, 1] > 0.8 and levels[u, j] > 0 and j < levels.shape[1] - 1 and frac >= 1e-3
+                scores.append(float(iqr_from_table(p[:, :, None])[0]) if ok else 0.0)
+            assert float(best[u, c]) == pytest.approx(max(scores), abs=1e-12)
+            assert int(at[u, c]) == int(np.argmax(scores))
+    assert float(best[0, 1]) > 0.1                                      # unit correlated with label 1
+
+
+def test_planted_units_get_their_concept_and_rank_first_by_iqr_and_iou(dissected, gan):
+    _, _, info = gan
+    lr = dissected.layers["layer3"]
+    assert lr.thresholds.shape == (24,)
+    names = lr.concept_names
+    for concept, units in info["planted"].items():
+        c = names.index(concept)
+        assert [lr.unit_label(u) for u in units] == [concept] * 3
+        assert bool(lr.detector[units].all())
+        by_iqr = torch.sort(-lr.counts["search_iqr"][:, c], stable=True).indices[:3].tolist()
+        assert sorted(by_iqr) == units
+        iou_c = torch.where(lr.best_label == c, lr.best_iou, torch.zeros_like(lr.best_iou))
+        assert sorted(torch.sort(-iou_c, stable=True).indices[:3].tolist()) == units
+        assert float(lr.best_iou[units].min()) > 0.5
+    assert not bool(lr.detector[info["noise"]].any())
+    # The exact IQR at each unit's threshold is the searched maximum (counts are exact).
+    label = lr.best_label[:, None]
+    assert torch.allclose(lr.iqr.gather(1, label), lr.counts["search_iqr"].gather(1, label), atol=1e-12)
+
+
+def test_results_identical_for_two_batch_sizes(gan):
+    g, s, _ = gan
+    a = dissect_generator(g, "layer3", s, num_samples=12, batch_size=12, progress=False)
+    b = dissect_generator(g, "layer3", s, num_samples=12, batch_size=5, progress=False)
+    la, lb = a.layers["layer3"], b.layers["layer3"]
+    for name in ("iou", "iqr", "thresholds", "best_label", "best_iou", "topk_indices", "topk_values"):
+        assert torch.equal(getattr(la, name), getattr(lb, name)), name
+    for key, t in la.counts.items():
+        assert torch.equal(t, lb.counts[key]), key
+
+
+def test_out_dir_writes_results_report_and_strips(gan, tmp_path):
+    g, s, _ = gan
+    res = dissect_generator(g, ["layer2", "layer3"], s, num_samples=8, batch_size=8, progress=False,
+                            out_dir=tmp_path, convention="gandissect", top_k=3)
+    back = load_results(tmp_path)
+    assert list(back.layers) == ["layer2", "layer3"] and back.convention == "gandissect"
+    lr = back.layers["layer3"]
+    assert torch.equal(lr.iou, res.layers["layer3"].iou)
+    assert lr.topk_indices.shape == (24, 3)
+    assert all((tmp_path / p).is_file() for p in lr.exemplar_strips.values())
+    assert "GAN dissection report" in (tmp_path / "report.html").read_text()
+
+
+class _BadSegmenter:
+    num_classes = 5
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, images):
+        return self.fn(images)
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda im: torch.zeros(im.shape[0] + 1, 64, 64, dtype=torch.int64), "shape"),
+    (lambda im: torch.zeros(im.shape[0], 64, dtype=torch.int64), "shape"),
+    (lambda im: torch.full((im.shape[0], 1, 64, 64), 5, dtype=torch.int64), r"\[5, 5\].*num_classes=5"),
+    (lambda im: torch.full((im.shape[0], 64, 64), -1, dtype=torch.int64), "num_classes"),
+    (lambda im: torch.zeros(im.shape[0], 64, 64), "integer"),
+])
+def test_bad_segmenter_output_is_a_clear_error(gan, fn, match):
+    g, _, _ = gan
+    with pytest.raises((ValueError, TypeError), match=match):
+        dissect_generator(g, "layer3", _BadSegmenter(fn), num_samples=2, batch_size=2, progress=False)
+
+
+def test_bad_arguments_are_clear_errors(gan):
+    g, s, _ = gan
+    with pytest.raises(LookupError, match="layer9"):
+        dissect_generator(g, "layer9", s, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="num_samples"):
+        dissect_generator(g, "layer3", s, num_samples=0, progress=False)
+    with pytest.raises(ValueError, match="z_dim"):
+        dissect_generator(torch.nn.Sequential(torch.nn.Linear(2, 2)), "0", s, num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        dissect_generator(g, "layer3", object(), num_samples=2, progress=False)
+    with pytest.raises(ValueError, match="receptive-field"):
+        dissect_generator(g, "layer3", s, num_samples=2, convention="netdissect", progress=False)
