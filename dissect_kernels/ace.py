@@ -257,7 +257,8 @@ def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam:
     preset "gandissect" (REFERENCE-CONVENTIONS §5): pairs of (ablation cell = the cell with the
     most class presence, insertion cell = the best of 5 random class-absent cells) from the
     num_samples z where the class appears; batch 2, gradients accumulated over 10 batches per
-    update, loss = s~_c at the ablation cell (ablated) - s~_c at the insertion cell (inserted),
+    update (an epoch's leftover batches make one more update), loss = s~_c at the ablation
+    cell (ablated) - s~_c at the insertion cell (inserted),
     s~ average-pooled to the layer's grid, + lam * 20 * |alpha|^2 per update; `epochs` (default
     10) over the pairs; alpha_0 = init (GD: IoU / max IoU); value default: the concept-
     conditioned mean. reproduce_ploc_bug reads the insertion term at the ablation cell, as GD."""
@@ -327,13 +328,15 @@ def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam:
                 loss = abl.gather(1, aloc[:, None].to(abl.device)).sum() - ins.gather(1, read[:, None].to(ins.device)).sum()
                 loss.backward()
                 micro += 1
-                if micro % accum == 0:
+                last = s + bs >= n
+                if micro % accum == 0 or last:      # an epoch's leftover batches update too
                     (lam * 20 * (alpha ** 2).sum()).backward()
                     opt.step()
                     opt.zero_grad()
                     with torch.no_grad():
                         alpha.clamp_(0, 1)
                     history.append(float(loss.detach()))
+                    micro = 0
     out = alpha.detach().cpu()
     return AlphaResult(out, torch.sort(-out, stable=True).indices, history, preset)
 
