@@ -1,6 +1,10 @@
 """CUDA tally: the module imports and fails clearly without a GPU; on a GPU the cuda and triton
 backends match the oracle bit for bit (random shapes, dtypes, strides, a Broden-size batch)."""
 import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +36,30 @@ def test_cuda_tally_on_host_memory_raises_clearly():
     expected = "device memory" if torch.cuda.is_available() else "no usable CUDA device"
     with pytest.raises(RuntimeError, match=expected):
         _native.native("_cuda").tally(spec, 0)
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return shutil.which("cuobjdump")
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.exists() else shutil.which("cuobjdump")
+
+
+@needs_module
+def test_cuda_module_has_sm90_code_without_fma():
+    """The built module holds sm_90 SASS and PTX, with no fused multiply-add (--fmad=false):
+    otherwise GPU counts could differ from the oracle's."""
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump to inspect the module")
+    path = _native.native("_cuda").__file__
+    sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
+    ptx = subprocess.run([tool, "-ptx", path], capture_output=True, text=True, check=True).stdout
+    assert "sm_90" in sass and "tally_kernel" in sass
+    assert len(re.findall(r"\bFMUL\b", sass)) > 0 and not re.findall(r"\bFFMA\b", sass)
+    assert "mul.rn.f32" in ptx and not re.findall(r"\bfma\.rn\.f32", ptx)
 
 
 def _params(seed: int) -> dict:

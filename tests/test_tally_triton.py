@@ -1,6 +1,11 @@
 """Triton tally (interpreter on CPU, compiled on a GPU) against the oracle: every output
 bit-identical on random small shapes, dtypes, strides, geometries and label layouts."""
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +13,7 @@ import torch
 from dissect_kernels.geometry import Geometry
 from _tally_cases import DTYPES, GEOMETRIES, assert_same, make_case, run
 
+ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -97,3 +103,19 @@ def test_triton_rounding_can_exceed_the_map_max():
     got = run("triton", case, per_layer=False, touched=True)
     assert_same(got, want, "subnormal rounding")
     assert want.active.sum() == 2 * 6
+
+
+def test_triton_kernel_compiles_for_hopper_without_fma():
+    """Compile (no GPU needed; a subprocess, since the interpreter patches triton.language)
+    for sm_90 with the wrapper's launch options: the SASS must hold no fused multiply-add,
+    or GPU counts could differ from the oracle's."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_triton_sass_check.py")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(counts) == 3
+    for variant, c in counts.items():
+        assert c["FFMA"] == 0 and c["FMUL"] > 0 and c["FADD"] > 0 and c["atomics"] > 0, (variant, c)

@@ -9,6 +9,9 @@ import triton.language as tl
 
 from dissect_kernels.geometry import AxisTable
 
+# fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
+LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
+
 
 @triton.jit
 def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1,
@@ -138,5 +141,5 @@ def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: Ax
         U, num_concepts, num_categories or 1, w, h * w, H, W, H * W, L, M,
         PER_LAYER=bool(per_layer), HAS_TOUCHED=has_touched,
         BLOCK_U=bu, BLOCK_P=bp, BLOCK_S=bs,
-        num_warps=4, enable_fp_fusion=False,
+        **LAUNCH_OPTIONS,
     )
