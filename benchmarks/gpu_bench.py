@@ -34,11 +34,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-images", type=int, default=16, help="subset for the torch baseline")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--clock-ghz", type=float, default=1.98, help="nominal SM clock for the floor")
+    p.add_argument("--triton-blocks", default="16x128,32x128",
+                   help="Triton BLOCK_UxBLOCK_P configurations to time (first = the default)")
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     if a.smoke:
         a.images, a.batch, a.units, a.src, a.dst, a.layers = 6, 3, 12, 3, 10, 3
         a.concepts, a.baseline_images, a.image_labels = 40, 3, 2
+        a.triton_blocks = "8x32"
     return a
 
 
@@ -60,6 +63,13 @@ def main(argv=None) -> int:
         return 2
     backends = ["cpu", "triton"] if args.smoke else ["cuda", "triton"]
     backends = [b for b in backends if _native.available(b, device)]
+    blocks = {}  # "triton 16x128" -> dict(block_u=16, block_p=128)
+    if "triton" in backends:
+        backends.remove("triton")
+        for cfg in args.triton_blocks.split(","):
+            bu, bp = (int(v) for v in cfg.lower().split("x"))
+            blocks[f"triton {bu}x{bp}"] = dict(block_u=bu, block_p=bp)
+            backends.append(f"triton {bu}x{bp}")
     dtype = getattr(torch, args.dtype)
     U, h, H, L, M, C = args.units, args.src, args.dst, args.layers, args.image_labels, args.concepts
     ytab, xtab = (t.to(device) for t in Geometry.named("half-pixel").tables((h, h), (H, H)))
@@ -96,7 +106,11 @@ def main(argv=None) -> int:
     pending = {b: [] for b in backends}
 
     def call(name: str, acts, labels, img, out):
-        tally_into(name, acts, thr, labels, img, ytab, xtab, C, False, None, None, out)
+        if name in blocks:
+            from dissect_kernels.triton.tally import tally_into as triton_into
+            triton_into(acts, thr, labels, img, ytab, xtab, C, False, None, None, out, **blocks[name])
+        else:
+            tally_into(name, acts, thr, labels, img, ytab, xtab, C, False, None, None, out)
 
     # Warm-up (Triton compiles here), then the timed pass over every image.
     acts, labels, img = generate(0, args.batch)

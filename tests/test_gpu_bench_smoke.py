@@ -12,5 +12,5 @@ def test_gpu_bench_smoke_runs():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     names = [r.split("|")[1].strip() for r in rows[1:]]
-    assert names[:2] == ["cpu", "triton"] and names[2].startswith("torch materialising")
+    assert names[:2] == ["cpu", "triton 8x32"] and names[2].startswith("torch materialising")
     assert "active fraction" in proc.stdout
