@@ -32,17 +32,13 @@ def make_case(seed: int, *, B=2, U=5, h=3, w=4, H=7, W=9, L=2, M=2, C=6, K=3,
     base = torch.randn(B, U, h, w, generator=g) * scale
     if negative:
         base = -base.abs() - 1e-3 * scale
-    if layout == "channels-last":  # [B, h, w, U] storage
-        acts = base.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-    elif layout == "strided":  # every other unit of a larger tensor, maps transposed
-        big = torch.randn(B, 2 * U, w, h, generator=g)
-        big[:, ::2] = base.transpose(2, 3)
-        acts = big[:, ::2].transpose(2, 3)
-    else:
-        acts = base.clone()
-    acts = acts.to(dtype)
+    filler = torch.randn(B, 2 * U, w, h, generator=g)
+    # dtype and device first: .to() of a non-dense view returns a contiguous copy
+    acts = _layout(base.to(device, dtype), filler.to(device, dtype), layout)
+    if layout != "contiguous" and U > 1 and h * w > 1:
+        assert not acts.is_contiguous(), layout
     ytab, xtab = geometry(geom).tables((h, w), (H, W))
-    up = upsample(acts, ytab, xtab)  # fp32 [B, U, H, W], the kernels' exact values
+    up = upsample(acts.cpu(), ytab, xtab)  # fp32 [B, U, H, W], the kernels' exact values
     thr = torch.empty(U, dtype=torch.float32)
     rng = random.Random(seed)
     for u in range(U):
@@ -53,7 +49,8 @@ def make_case(seed: int, *, B=2, U=5, h=3, w=4, H=7, W=9, L=2, M=2, C=6, K=3,
         elif kind == "quantile":
             thr[u] = torch.quantile(vals.double(), 0.8).float()
         elif kind == "dead":
-            thr[u] = acts[:, u].float().max() + abs(float(acts[:, u].float().max())) * 1e-5 + 1e-30
+            top = float(acts[:, u].float().max())
+            thr[u] = top + abs(top) * 1e-5 + 1e-30
         else:
             thr[u] = float("-inf")
     labels = torch.randint(0, C, (B, L, H, W), generator=g, dtype=torch.int32)
@@ -63,11 +60,22 @@ def make_case(seed: int, *, B=2, U=5, h=3, w=4, H=7, W=9, L=2, M=2, C=6, K=3,
         image_labels = torch.randint(0, C, (B, M), generator=g, dtype=torch.int32)
     category_of = torch.randint(0, K, (C,), generator=g, dtype=torch.int32)
     init = torch.randint(-50, 1000, (U, C), generator=g, dtype=torch.int64)
-    case = dict(acts=acts, thresholds=thr, labels=labels, image_labels=image_labels,
+    case = dict(thresholds=thr, labels=labels, image_labels=image_labels,
                 ytab=ytab, xtab=xtab, num_concepts=C, category_of=category_of,
                 num_categories=K, init=init)
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in case.items()} | {
-        "ytab": ytab.to(device), "xtab": xtab.to(device)}
+        "acts": acts, "ytab": ytab.to(device), "xtab": xtab.to(device)}
+
+
+def _layout(base: torch.Tensor, filler: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as `base` [B, U, h, w] in another memory layout."""
+    if layout == "channels-last":  # [B, h, w, U] storage
+        return base.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    if layout == "strided":  # every other unit of a larger tensor, maps transposed
+        big = filler.clone()
+        big[:, ::2] = base.transpose(2, 3)
+        return big[:, ::2].transpose(2, 3)
+    return base.clone()
 
 
 def run(backend: str, case: dict, *, per_layer: bool, touched: bool, **kw) -> TallyResult:
