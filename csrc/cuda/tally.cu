@@ -85,7 +85,8 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
     for (int64_t i = tid; i < nu * a.K; i += kThreads) a.touched[(b * a.U + u0) * a.K + i] = 0;
   if (kStaged)
     for (int i = tid; i < nu * hw; i += kThreads) {
-      const int u = i / hw, j = i - u * hw, r = j / static_cast<int>(a.w), col = j - r * static_cast<int>(a.w);
+      const int u = i / hw, j = i - u * hw;
+      const int r = j / static_cast<int>(a.w), col = j - r * static_cast<int>(a.w);
       s_src[i] = load_as_float(a.acts, acts_b + (u0 + u) * a.acts_stride[1] + r * a.acts_stride[2] +
                                            col * a.acts_stride[3], a.acts_dtype);
     }
@@ -149,7 +150,8 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
           o00 = iy0 * a.w + ix0; o01 = iy0 * a.w + ix1; o10 = iy1 * a.w + ix0; o11 = iy1 * a.w + ix1;
         } else {
           const int64_t sy = a.acts_stride[2], sx = a.acts_stride[3];
-          o00 = iy0 * sy + ix0 * sx; o01 = iy0 * sy + ix1 * sx; o10 = iy1 * sy + ix0 * sx; o11 = iy1 * sy + ix1 * sx;
+          o00 = iy0 * sy + ix0 * sx; o01 = iy0 * sy + ix1 * sx;
+          o10 = iy1 * sy + ix0 * sx; o11 = iy1 * sy + ix1 * sx;
         }
 #pragma unroll
         for (int u = 0; u < kTile; ++u) {
@@ -180,7 +182,8 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
       const int32_t* lab = lab_b + p;
       int regs[kRegLayers];
 #pragma unroll
-      for (int l = 0; l < kRegLayers; ++l) regs[l] = (act && l < a.L) ? __ldg(lab + l * static_cast<int64_t>(HW)) : 0;
+      for (int l = 0; l < kRegLayers; ++l)
+        regs[l] = (act && l < a.L) ? __ldg(lab + l * static_cast<int64_t>(HW)) : 0;
 #pragma unroll
       for (int l = 0; l < kRegLayers; ++l) {
         if (l < a.L) {

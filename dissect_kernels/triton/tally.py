@@ -17,7 +17,8 @@ LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
 def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1,
                   cat, inter, active, amax, touched,
                   U, C, K, w: tl.constexpr, hw: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-                  HW: tl.constexpr, L: tl.constexpr, M: tl.constexpr, PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr,
+                  HW: tl.constexpr, L: tl.constexpr, M: tl.constexpr,
+                  PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr,
                   BLOCK_U: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     u = tl.program_id(1).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U).to(tl.int64)
