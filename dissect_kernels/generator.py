@@ -142,13 +142,14 @@ def _batches(num_samples: int, batch_size: int, progress: bool, desc: str):
 # ---------------------------------------------------------------- quantiles
 
 
-def _quantile_sketch(U: int, expected: int, exact: bool, device):
-    """A QuantileSketch over the whole range (min_quantile=0): exact or sketch mode."""
+def _quantile_sketch(U: int, expected: int, exact: bool, device, min_quantile: float = 0.0):
+    """A QuantileSketch for quantiles >= min_quantile: exact when it fits the sketch's memory
+    budget (mode="auto"), or the bounded-memory sketch (exact=False: GD's sketched levels)."""
     try:
         from dissect_kernels.stats.quantile import QuantileSketch
     except ImportError:  # the sketch module has not landed: keep every value (exact)
         return _AllValues(U, device)
-    return QuantileSketch(U, mode="exact" if exact else "sketch", min_quantile=0.0,
+    return QuantileSketch(U, mode="auto" if exact else "sketch", min_quantile=min_quantile,
                           expected_count=expected, device=device)
 
 

@@ -216,3 +216,26 @@ def test_bad_arguments_are_clear_errors(gan):
         dissect_generator(g, "layer3", object(), num_samples=2, progress=False)
     with pytest.raises(ValueError, match="receptive-field"):
         dissect_generator(g, "layer3", s, num_samples=2, convention="netdissect", progress=False)
+
+
+def test_level_counts_agree_with_dk_tally_at_every_level():
+    """Counting the upsampled maps above the levels equals dk.tally of the raw maps at those
+    thresholds (the same upsampling, bit for bit), for every level of every unit."""
+    from dissect_kernels import tally
+    from dissect_kernels.geometry import Geometry
+    from dissect_kernels.reference.tally import upsample
+
+    g = torch.Generator().manual_seed(11)
+    B, U, h, w, H, W, C, NL = 3, 5, 4, 6, 13, 10, 5, 9
+    acts = torch.randn(B, U, h, w, generator=g)
+    labels = torch.randint(0, C, (B, 2, H, W), generator=g)
+    ytab, xtab = Geometry.named("half-pixel").tables((h, w), (H, W))
+    up = upsample(acts, ytab, xtab)
+    # Levels: a few exact upsampled values (ties with the strict `>`) and random ones.
+    levels = torch.cat([up.transpose(0, 1).reshape(U, -1)[:, :4], torch.randn(U, NL - 4, generator=g)], 1)
+    category_of = torch.tensor([0, 0, 1, 1, 1])
+    lc = LevelCounts(levels, C, category_of)
+    lc.update(up, labels)
+    res = tally(acts.repeat_interleave(NL, 1), levels.reshape(-1), labels, num_concepts=C)
+    assert torch.equal(lc.above_label.reshape(U * NL, C)[:, 1:], res.intersection[:, 1:])
+    assert torch.equal(lc.above_all.reshape(-1), res.active.sum(0))
