@@ -20,6 +20,15 @@ from dissect_kernels.stats.level_counts import LevelCounts
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny generator's ops are too small for threads; on a shared box they only wait."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def gan():
     return load_default_generator(), default_segmenter(), tiny_gan_info()
