@@ -1,4 +1,6 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
+from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
+from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
 from dissect_kernels.intervene import AblationResult, classifier_ablation, intervene, plot_ablation
@@ -10,6 +12,7 @@ from dissect_kernels.results import DissectionResult, LayerResult, load_results,
 from dissect_kernels.stats.iou_tally import IoUTally
 
 __all__ = [
+    "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
     "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
     "LayerResult", "StopForward", "TallyResult", "Trace", "TraceDict", "classifier_ablation",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",

@@ -67,7 +67,7 @@ def _load(args):
 def run_gan(args) -> int:
     """Dissect, rank units by ACE for one concept, write results + report.html + ace.html."""
     from dissect_kernels.ace import rank_units_by_ace
-    from dissect_kernels.generator import dissect_generator, make_z_sampler
+    from dissect_kernels.generator import dissect_generator, make_z_sampler, segmenter_info
     from dissect_kernels.intervene import intervene
     from dissect_kernels.report import write_report
     from dissect_kernels.report.ace_page import save_image_strip, write_ace_page
@@ -79,14 +79,14 @@ def run_gan(args) -> int:
     if device is not None:
         gen = gen.to(device)
     progress = not args.quiet
+    names = segmenter_info(seg)[1]
+    concept = args.concept if args.concept is not None else names[1]
+    if concept not in names:
+        raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
     result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
                                out_dir=args.out, progress=progress)
     lr = result.layers[layer]
-    names = lr.concept_names
-    concept = args.concept if args.concept is not None else names[1]
-    if concept not in names:
-        raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
                                 batch_size=min(args.batch_size, 16), device=device, progress=progress)
