@@ -90,17 +90,19 @@ def run_gan(args) -> int:
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
                                 batch_size=min(args.batch_size, 16), device=device, progress=progress)
-    # Before/after strips of the top units on a few samples (same z as the ranking).
+    # Before/after strips of every unit on a few samples (same z as the ranking), batched.
     z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
     z = z_of(torch.arange(min(6, args.ace_samples)))
-    strips = {}
+    units = torch.arange(lr.num_units)[:, None]
     with torch.no_grad():
-        original = gen(z)
-        for u in ranking.order[:3].tolist():
-            ab = intervene(gen, layer, [[u]], z, mode="ablate")[0]
-            ins = intervene(gen, layer, [[u]], z, mode="insert", values=ranking.value.to(z.device))[0]
-            strips[u] = {kind: save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_{kind}.png", imgs)
-                         for kind, imgs in (("original", original), ("ablated", ab), ("inserted", ins))}
+        original = save_image_strip(args.out, "images/ace/original.png", gen(z))
+        ablated = intervene(gen, layer, units, z, mode="ablate", chunk_size=8)
+        inserted = intervene(gen, layer, units, z, mode="insert", values=ranking.value.to(z.device), chunk_size=8)
+    strips = {u: {"original": original,
+                  "ablated": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_ablated.png", ablated[u]),
+                  "inserted": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_inserted.png",
+                                               inserted[u])}
+              for u in range(lr.num_units)}
     result.timing["ace"] = time.perf_counter() - t1
     top = ranking.order[:5].tolist()
     lr.extra["ace"] = {"concept": concept, "page": "ace.html", "samples": ranking.num_samples,

@@ -23,9 +23,10 @@ def test_gan_command_writes_results_report_and_ace_page(tmp_path, capsys):
     page = (tmp_path / "ace.html").read_text()
     for u in planted:
         assert f"<td class=\"num\">{u}</td>" in page
-    top = lr.extra["ace"]["top_units"][0]
-    for kind in ("original", "ablated", "inserted"):
-        assert (tmp_path / f"images/ace/sun_unit_{top:04d}_{kind}.png").is_file()
+    assert (tmp_path / "images/ace/original.png").is_file()
+    for u in range(lr.num_units):
+        for kind in ("ablated", "inserted"):
+            assert (tmp_path / f"images/ace/sun_unit_{u:04d}_{kind}.png").is_file()
     assert "sun" in capsys.readouterr().out
 
 
