@@ -164,13 +164,18 @@ class _AllValues:
         self.parts.append(x.transpose(0, 1).reshape(self.U, -1).float())
 
     def quantile(self, q) -> torch.Tensor:
-        v = torch.sort(torch.cat(self.parts, 1), dim=1).values
+        """[U, len(q)] float64, numpy.quantile(values, q, method="linear") bit for bit."""
+        v = torch.sort(torch.cat(self.parts, 1), dim=1).values.double()
         n = v.shape[1]
-        pos = torch.as_tensor(q, dtype=torch.float64, device=v.device).clamp(0, 1) * (n - 1)
-        lo = pos.floor().long().clamp(max=n - 1)
-        hi = (lo + 1).clamp(max=n - 1)
-        w = (pos - lo).float()
-        return v[:, lo] * (1 - w) + v[:, hi] * w
+        cols = []
+        for p in q:
+            vi = (n - 1) * float(p)
+            lo = min(int(np.floor(vi)), n - 1)
+            hi = min(lo + 1, n - 1)
+            g = vi - lo
+            a, b = v[:, lo], v[:, hi]
+            cols.append(b - (b - a) * (1 - g) if g >= 0.5 else a + (b - a) * g)   # numpy's _lerp
+        return torch.stack(cols, 1)
 
 
 # ---------------------------------------------------------------- IQR search

@@ -248,3 +248,49 @@ def test_level_counts_agree_with_dk_tally_at_every_level():
     res = tally(acts.repeat_interleave(NL, 1), levels.reshape(-1), labels, num_concepts=C)
     assert torch.equal(lc.above_label.reshape(U * NL, C)[:, 1:], res.intersection[:, 1:])
     assert torch.equal(lc.above_all.reshape(-1), res.active.sum(0))
+
+
+def test_pipeline_matches_a_brute_force_oracle(gan):
+    """Whole-pipeline oracle on 6 samples: levels = numpy quantiles of all upsampled values,
+    GD's search by loops over candidates, and counts at the chosen thresholds by brute force."""
+    from dissect_kernels.geometry import Geometry
+    from dissect_kernels.hooks import TraceDict
+    from dissect_kernels.reference.tally import upsample
+
+    g, s, _ = gan
+    N = 6
+    res = dissect_generator(g, "layer3", s, num_samples=N, batch_size=4, progress=False).layers["layer3"]
+    with torch.no_grad(), TraceDict(g, ["layer3"]) as tr:
+        images = g(sample_z(torch.arange(N), g.z_dim, seed=0))
+    labels = s(images)[:, 0]
+    up = upsample(tr["layer3"].output, *Geometry.named("half-pixel").tables((16, 16), (64, 64)))
+    U, C = up.shape[1], 5
+    cat = torch.tensor([0, 0, 0, 0, 1])
+    present = torch.stack([((labels >= 1) & (cat[labels] == k)).flatten(1).any(1) for k in range(2)], 1)
+    tot = present.sum(0) * 64 * 64
+    truth = torch.bincount(labels.flatten(), minlength=C)
+    fr = level_fractions()[:-1]                              # GD skips the last bucket
+    for u in range(U):
+        levels = np.quantile(up[:, u].double().flatten().numpy(), 1 - fr).astype(np.float32)
+        m = up[:, u][None] > torch.from_numpy(levels)[:, None, None, None]          # [NL, N, H, W]
+        best = (0.0, None, None)
+        for c in range(1, C):
+            k = int(cat[c])
+            isect = (m & (labels == c)[None]).sum((1, 2, 3)).double() / float(tot[k])
+            pred = m[:, present[:, k]].sum((1, 2, 3)).double() / float(tot[k])
+            tr_ = float(truth[c]) / float(tot[k])
+            for j in range(len(fr)):
+                p = torch.tensor([[isect[j], pred[j] - isect[j]], [tr_ - isect[j], 1 - pred[j] - tr_ + isect[j]]],
+                                 dtype=torch.float64).clamp(0, 1)
+                if p[0, 0] + p[1, 1] > 0.8 and levels[j] > 0 and float(truth[c]) / truth.sum() >= 1e-3:
+                    v = float(iqr_from_table(p[:, :, None])[0])
+                    if v > best[0]:
+                        best = (v, c, float(levels[j]))
+        assert int(res.best_label[u]) == best[1], u
+        assert float(res.thresholds[u]) == best[2], u
+        # Counts at the pipeline's own threshold, by brute force.
+        m = up[:, u] > res.thresholds[u]
+        for c in range(1, C):
+            assert int(res.counts["intersection"][u, c]) == int((m & (labels == c)).sum())
+        assert torch.equal(res.counts["activation"][u],
+                           torch.stack([m[present[:, k]].sum() for k in range(2)]))
