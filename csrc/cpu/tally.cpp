@@ -1,77 +1,216 @@
-// CPU tally: per (image, unit) load the source map, interpolate separably, compare, count.
-// Parallel over units, so each thread owns its rows of `intersection` (no atomics).
+// CPU tally: per (image, unit) load the small source map, prove whole maps / output rows
+// inactive with a rigorous upper bound, interpolate only the surviving rows, count.
+// Parallel over units inside each image, so each thread owns its rows of `intersection` (no
+// atomics) and the image's label maps stay cache-resident while every unit reads them.
+//
+// Results are bit-identical to the formula in tally.h: surviving pixels are computed exactly
+// as written there (fp32, same operation order, built with -ffp-contract=off), and the skips
+// only drop pixels that provably cannot satisfy v > t.
+//
+// The bound (why skipping is exact). Let u = 2^-24 (fp32 unit roundoff) and fl() an fp32
+// operation. For any fp32 p, q and weights w >= 0: fl(w*p) = w*p*(1+d) + e with |d| <= u and
+// |e| <= 2^-150 (underflow), and fl(p+q) likewise without e. Hence for one tap pair
+//   fl(fl(w0*p) + fl(w1*q)) <= w0*p + w1*q + 3u*(w0*|p| + w1*|q|) + 2^-148.
+// Horizontal pass on source row i (max M_i, max-abs A_i): w0*p + w1*q <= s*M_i with
+// s = w0 + w1 in [Sx_min, Sx_max] (the table's extremes, exact in double), which is linear in
+// s, so every horizontally interpolated value r on row i satisfies
+//   r <= R_i = max(Sx_max*M_i, Sx_min*M_i) + 3u*Sx_max*A_i + tiny,
+//   |r| <= A'_i = Sx_max*A_i*(1 + 3u) + tiny.
+// Vertical pass of output row y (rows i0, i1, weights wy0, wy1 >= 0):
+//   v <= wy0*R_i0 + wy1*R_i1 + 3u*(wy0*A'_i0 + wy1*A'_i1) + tiny.
+// If that is <= t, no pixel of row y is active (v > t is false). The whole-map test uses the
+// map's max M / max-abs A in place of the row values and [Sy_min, Sy_max] for (wy0 + wy1).
+// For clamp tables (s = 1 up to ~1e-7) this is ~ M + 1e-6*|M|; with zero padding
+// (s in [0, 1]) ~ max(M, 0) + .... The bound is evaluated in double (error ~2^-53, far inside
+// the 3u slack); `tiny` = 1e-40 covers underflow. Skipping is disabled when a table holds a
+// negative or non-finite weight, and for a map holding a non-finite value (inf*0 = NaN etc.).
 #include "dissect_kernels/tally.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "dissect_kernels/convert.h"
 
 namespace dissect_kernels {
+namespace {
+
+constexpr double kU3 = 3.0 * 5.9604644775390625e-08;  // 3 * 2^-24
+constexpr double kTiny = 1e-40;
+
+struct WeightRange {
+  double smin = 0, smax = 0;
+  bool ok = true;  // every weight finite and >= 0
+};
+
+WeightRange weight_range(const AxisTable& t) {
+  WeightRange r{std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(), true};
+  for (int64_t o = 0; o < t.n; ++o) {
+    double w0 = t.w0[o], w1 = t.w1[o];
+    if (!(w0 >= 0.0 && w1 >= 0.0 && std::isfinite(w0) && std::isfinite(w1))) r.ok = false;
+    r.smin = std::min(r.smin, w0 + w1);
+    r.smax = std::max(r.smax, w0 + w1);
+  }
+  return r;
+}
+
+// Upper bound of s*m for s in [smin, smax] (linear in s, so at an end).
+inline double scaled_max(double m, const WeightRange& s) { return std::max(s.smax * m, s.smin * m); }
+
+// Per-thread scratch buffers.
+struct Scratch {
+  std::vector<float> src, rows, v;
+  std::vector<double> row_hi, row_abs;
+  std::vector<uint8_t> row_done, img_mask;
+  std::vector<int32_t> xs;
+  Scratch(const TallyArgs& a)
+      : src(a.h * a.w), rows(a.h * a.W), v(a.W), row_hi(a.h), row_abs(a.h), row_done(a.h),
+        img_mask(a.C, 0), xs(a.W) {}
+};
+
+// Load acts[b, u] into `src` (row-major h x w) and return false if any value is non-finite.
+inline bool load_map(const TallyArgs& a, int64_t b, int64_t u, float* src, float& mx, float& mn) {
+  const int64_t base = b * a.acts_stride[0] + u * a.acts_stride[1];
+  mx = -INFINITY;
+  mn = INFINITY;
+  for (int64_t i = 0; i < a.h; ++i) {
+    const int64_t rowoff = base + i * a.acts_stride[2];
+    float* dst = src + i * a.w;
+    switch (a.acts_dtype) {
+      case DType::Float16: {
+        const uint16_t* p = static_cast<const uint16_t*>(a.acts) + rowoff;
+        for (int64_t j = 0; j < a.w; ++j) dst[j] = half_to_float(p[j * a.acts_stride[3]]);
+        break;
+      }
+      case DType::BFloat16: {
+        const uint16_t* p = static_cast<const uint16_t*>(a.acts) + rowoff;
+        for (int64_t j = 0; j < a.w; ++j) dst[j] = bfloat16_to_float(p[j * a.acts_stride[3]]);
+        break;
+      }
+      default: {
+        const float* p = static_cast<const float*>(a.acts) + rowoff;
+        for (int64_t j = 0; j < a.w; ++j) dst[j] = p[j * a.acts_stride[3]];
+      }
+    }
+    for (int64_t j = 0; j < a.w; ++j) {
+      mx = std::max(mx, dst[j]);
+      mn = std::min(mn, dst[j]);
+    }
+  }
+  return std::isfinite(mx) && std::isfinite(mn);
+}
+
+}  // namespace
 
 void tally_cpu(const TallyArgs& a) {
-  const int64_t hw_out = a.H * a.W;
+  const int64_t HW = a.H * a.W;
+  const WeightRange sx = weight_range(a.xtab), sy = weight_range(a.ytab);
+  const bool tables_ok = sx.ok && sy.ok;
+  const int32_t *xi0 = a.xtab.i0, *xi1 = a.xtab.i1, *yi0 = a.ytab.i0, *yi1 = a.ytab.i1;
+  const float *xw0 = a.xtab.w0, *xw1 = a.xtab.w1, *yw0 = a.ytab.w0, *yw1 = a.ytab.w1;
+
 #pragma omp parallel
   {
-    std::vector<float> src(a.h * a.w), rows(a.h * a.W);
-    std::vector<int32_t> seen;
+    Scratch s(a);
     for (int64_t b = 0; b < a.B; ++b) {
-      const int32_t* lab = a.labels + b * a.L * hw_out;
+      const int32_t* lab = a.labels + b * a.L * HW;
       const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
-#pragma omp for schedule(dynamic, 4)
+      // Image-level concepts of this image (any-layer dedup of pixel labels against them).
+      for (int64_t m = 0; m < a.M; ++m)
+        if (img[m] > 0) s.img_mask[img[m]] = 1;
+#pragma omp for schedule(dynamic, 8)
       for (int64_t u = 0; u < a.U; ++u) {
-        float mx = -INFINITY;
-        for (int64_t i = 0; i < a.h; ++i)
-          for (int64_t j = 0; j < a.w; ++j) {
-            int64_t off = b * a.acts_stride[0] + u * a.acts_stride[1] + i * a.acts_stride[2] + j * a.acts_stride[3];
-            float v = load_as_float(a.acts, off, a.acts_dtype);
-            src[i * a.w + j] = v;
-            mx = std::max(mx, v);
-          }
-        for (int64_t i = 0; i < a.h; ++i)
-          for (int64_t x = 0; x < a.W; ++x)
-            rows[i * a.W + x] = a.xtab.w0[x] * src[i * a.w + a.xtab.i0[x]] + a.xtab.w1[x] * src[i * a.w + a.xtab.i1[x]];
+        float mx, mn;
+        const bool finite = load_map(a, b, u, s.src.data(), mx, mn);
+        a.max[b * a.U + u] = mx;
         const float t = a.thresholds[u];
         int64_t* inter = a.intersection + u * a.C;
         uint8_t* touched = a.touched ? a.touched + (b * a.U + u) * a.K : nullptr;
         if (touched) std::fill(touched, touched + a.K, uint8_t(0));
+        const bool bounded = tables_ok && finite;
+        const double td = t;
         int64_t count = 0;
-        for (int64_t y = 0; y < a.H; ++y) {
-          const float* r0 = &rows[a.ytab.i0[y] * a.W];
-          const float* r1 = &rows[a.ytab.i1[y] * a.W];
-          const float wy0 = a.ytab.w0[y], wy1 = a.ytab.w1[y];
-          for (int64_t x = 0; x < a.W; ++x) {
-            float v = wy0 * r0[x] + wy1 * r1[x];
-            if (!(v > t)) continue;
-            ++count;
-            seen.clear();
-            for (int64_t l = 0; l < a.L; ++l) {
-              int32_t c = lab[l * hw_out + y * a.W + x];
-              if (c <= 0) continue;
-              if (!a.per_layer) {
-                bool dup = std::find(seen.begin(), seen.end(), c) != seen.end();
-                for (int64_t m = 0; m < a.M && !dup; ++m) dup = img[m] == c;
-                if (dup) continue;
-                seen.push_back(c);
+        bool skip_map = false;
+        if (bounded) {  // whole-map bound (see the header comment)
+          const double A = std::max(std::fabs((double)mx), std::fabs((double)mn));
+          const double R = scaled_max(mx, sx) + kU3 * sx.smax * A + kTiny;
+          const double Ar = sx.smax * A * (1.0 + kU3) + kTiny;
+          skip_map = scaled_max(R, sy) + kU3 * sy.smax * Ar + kTiny <= td;
+        }
+        if (!skip_map) {
+          // Per-source-row bounds R_i, A'_i; horizontal rows computed lazily.
+          for (int64_t i = 0; i < a.h; ++i) {
+            const float* p = &s.src[i * a.w];
+            double hi = -INFINITY, ab = 0;
+            for (int64_t j = 0; j < a.w; ++j) {
+              hi = std::max(hi, (double)p[j]);
+              ab = std::max(ab, std::fabs((double)p[j]));
+            }
+            s.row_hi[i] = scaled_max(hi, sx) + kU3 * sx.smax * ab + kTiny;
+            s.row_abs[i] = sx.smax * ab * (1.0 + kU3) + kTiny;
+            s.row_done[i] = 0;
+          }
+          for (int64_t y = 0; y < a.H; ++y) {
+            const int32_t i0 = yi0[y], i1 = yi1[y];
+            const float wy0 = yw0[y], wy1 = yw1[y];
+            if (bounded) {
+              const double bound = (double)wy0 * s.row_hi[i0] + (double)wy1 * s.row_hi[i1] +
+                                   kU3 * ((double)wy0 * s.row_abs[i0] + (double)wy1 * s.row_abs[i1]) + kTiny;
+              if (bound <= td) continue;
+            }
+            for (int32_t i : {i0, i1}) {
+              if (s.row_done[i]) continue;
+              const float* p = &s.src[i * a.w];
+              float* r = &s.rows[i * a.W];
+              for (int64_t x = 0; x < a.W; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
+              s.row_done[i] = 1;
+            }
+            const float* r0 = &s.rows[i0 * a.W];
+            const float* r1 = &s.rows[i1 * a.W];
+            float* v = s.v.data();
+            for (int64_t x = 0; x < a.W; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
+            int32_t* xs = s.xs.data();
+            int64_t n = 0;
+            for (int64_t x = 0; x < a.W; ++x) {
+              xs[n] = (int32_t)x;
+              n += v[x] > t;
+            }
+            if (n == 0) continue;
+            count += n;
+            const int32_t* lrow = lab + y * a.W;
+            for (int64_t k = 0; k < n; ++k) {
+              const int64_t x = xs[k];
+              for (int64_t l = 0; l < a.L; ++l) {
+                const int32_t c = lrow[l * HW + x];
+                if (c <= 0) continue;
+                if (!a.per_layer) {
+                  if (s.img_mask[c]) continue;
+                  bool dup = false;
+                  for (int64_t j = 0; j < l && !dup; ++j) dup = lrow[j * HW + x] == c;
+                  if (dup) continue;
+                }
+                ++inter[c];
+                if (touched) touched[a.category_of[c]] = 1;
               }
-              ++inter[c];
-              if (touched) touched[a.category_of[c]] = 1;
             }
           }
         }
         // Image-level labels cover every pixel: each active pixel counts once per label
         // (once per distinct id without per_layer).
-        for (int64_t m = 0; m < a.M; ++m) {
-          int32_t c = img[m];
-          if (c <= 0) continue;
-          if (!a.per_layer && std::find(img, img + m, c) != img + m) continue;
-          inter[c] += count;
-          if (touched && count) touched[a.category_of[c]] = 1;
+        if (count) {
+          for (int64_t m = 0; m < a.M; ++m) {
+            const int32_t c = img[m];
+            if (c <= 0) continue;
+            if (!a.per_layer && std::find(img, img + m, c) != img + m) continue;
+            inter[c] += count;
+            if (touched) touched[a.category_of[c]] = 1;
+          }
         }
         a.active[b * a.U + u] = count;
-        a.max[b * a.U + u] = mx;
       }
+      for (int64_t m = 0; m < a.M; ++m)
+        if (img[m] > 0) s.img_mask[img[m]] = 0;
     }
   }
 }
