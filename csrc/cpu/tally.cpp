@@ -33,6 +33,10 @@
 
 #include "dissect_kernels/convert.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace dissect_kernels {
 namespace {
 
@@ -57,17 +61,6 @@ WeightRange weight_range(const AxisTable& t) {
 
 // Upper bound of s*m for s in [smin, smax] (linear in s, so at an end).
 inline double scaled_max(double m, const WeightRange& s) { return std::max(s.smax * m, s.smin * m); }
-
-// Per-thread scratch buffers.
-struct Scratch {
-  std::vector<float> src, rows, v;
-  std::vector<double> row_hi, row_abs;
-  std::vector<uint8_t> row_done, img_mask;
-  std::vector<int32_t> xs;
-  Scratch(const TallyArgs& a)
-      : src(a.h * a.w), rows(a.h * a.W), v(a.W), row_hi(a.h), row_abs(a.h), row_done(a.h),
-        img_mask(a.C, 0), xs(a.W) {}
-};
 
 // Load acts[b, u] into `src` (row-major h x w) and return false if any value is non-finite.
 inline bool load_map(const TallyArgs& a, int64_t b, int64_t u, float* src, float& mx, float& mn) {
@@ -101,6 +94,44 @@ inline bool load_map(const TallyArgs& a, int64_t b, int64_t u, float* src, float
   return std::isfinite(mx) && std::isfinite(mn);
 }
 
+// Output columns grouped into segments that read a narrow range of source columns, so a
+// segment far from the map's peak is skipped by its own bound. A run of equal (i0, i1) taps
+// reads source columns [c0, c1]; short runs are merged (>= kMinSeg pixels) to keep the
+// per-segment overhead below the work it can save.
+struct Segment {
+  int64_t x0, x1;  // output columns [x0, x1)
+  int64_t c0, c1;  // source columns read, [c0, c1]
+};
+constexpr int64_t kMinSeg = 8;
+
+std::vector<Segment> segments(const AxisTable& t) {
+  std::vector<Segment> out;
+  for (int64_t x = 0; x < t.n; ++x) {
+    const int64_t lo = std::min(t.i0[x], t.i1[x]), hi = std::max(t.i0[x], t.i1[x]);
+    const bool same_taps = x > 0 && t.i0[x] == t.i0[x - 1] && t.i1[x] == t.i1[x - 1];
+    if (out.empty() || (!same_taps && out.back().x1 - out.back().x0 >= kMinSeg)) {
+      out.push_back({x, x + 1, lo, hi});
+    } else {
+      Segment& s = out.back();
+      s.x1 = x + 1;
+      s.c0 = std::min(s.c0, lo);
+      s.c1 = std::max(s.c1, hi);
+    }
+  }
+  return out;
+}
+
+// Per-thread scratch buffers.
+struct Scratch {
+  std::vector<float> src, rows, v;
+  std::vector<double> seg_hi, seg_abs, row_hi, row_abs;
+  std::vector<uint8_t> seg_done, img_mask;
+  std::vector<int32_t> xs;
+  Scratch(const TallyArgs& a, int64_t nseg)
+      : src(a.h * a.w), rows(a.h * a.W), v(a.W), seg_hi(a.h * nseg), seg_abs(a.h * nseg),
+        row_hi(a.h), row_abs(a.h), seg_done(a.h * nseg), img_mask(a.C, 0), xs(a.W) {}
+};
+
 }  // namespace
 
 void tally_cpu(const TallyArgs& a) {
@@ -109,18 +140,35 @@ void tally_cpu(const TallyArgs& a) {
   const bool tables_ok = sx.ok && sy.ok;
   const int32_t *xi0 = a.xtab.i0, *xi1 = a.xtab.i1, *yi0 = a.ytab.i0, *yi1 = a.ytab.i1;
   const float *xw0 = a.xtab.w0, *xw1 = a.xtab.w1, *yw0 = a.ytab.w0, *yw1 = a.ytab.w1;
+  const std::vector<Segment> seg = segments(a.xtab);
+  const int64_t nseg = (int64_t)seg.size();
 
-#pragma omp parallel
+  // Unit blocks are the parallel work items: a thread owns its units' rows of `intersection`
+  // and walks every image for them, so there is no barrier until the end (a barrier per image
+  // stalls badly when the cores are shared) and an image's label maps stay cache-resident
+  // while the block's units read them.
+  // Small calls run on one thread: waking a team costs more than it saves, and on shared
+  // cores a late-scheduled thread can hold the final barrier for a whole time slice.
+  int64_t threads = 1;
+#ifdef _OPENMP
+  const int64_t grain = int64_t(1) << 24;  // unit-pixels per thread (~ms of work)
+  threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), a.B * a.U * HW / grain));
+#endif
+  const int64_t ublock = std::max<int64_t>(1, std::min<int64_t>(32, a.U / (8 * threads)));
+  const int64_t nblocks = (a.U + ublock - 1) / ublock;
+
+#pragma omp parallel num_threads(threads)
   {
-    Scratch s(a);
-    for (int64_t b = 0; b < a.B; ++b) {
+    Scratch s(a, nseg);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+     for (int64_t b = 0; b < a.B; ++b) {
       const int32_t* lab = a.labels + b * a.L * HW;
       const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
       // Image-level concepts of this image (any-layer dedup of pixel labels against them).
       for (int64_t m = 0; m < a.M; ++m)
         if (img[m] > 0) s.img_mask[img[m]] = 1;
-#pragma omp for schedule(dynamic, 8)
-      for (int64_t u = 0; u < a.U; ++u) {
+      for (int64_t u = blk * ublock; u < std::min(a.U, (blk + 1) * ublock); ++u) {
         float mx, mn;
         const bool finite = load_map(a, b, u, s.src.data(), mx, mn);
         a.max[b * a.U + u] = mx;
@@ -139,42 +187,56 @@ void tally_cpu(const TallyArgs& a) {
           skip_map = scaled_max(R, sy) + kU3 * sy.smax * Ar + kTiny <= td;
         }
         if (!skip_map) {
-          // Per-source-row bounds R_i, A'_i; horizontal rows computed lazily.
+          // Bounds per (source row, segment) and per source row; horizontal values lazily.
           for (int64_t i = 0; i < a.h; ++i) {
             const float* p = &s.src[i * a.w];
-            double hi = -INFINITY, ab = 0;
-            for (int64_t j = 0; j < a.w; ++j) {
-              hi = std::max(hi, (double)p[j]);
-              ab = std::max(ab, std::fabs((double)p[j]));
+            double rhi = -INFINITY, rab = 0;
+            for (int64_t k = 0; k < nseg; ++k) {
+              double hi = -INFINITY, ab = 0;
+              for (int64_t j = seg[k].c0; j <= seg[k].c1; ++j) {
+                hi = std::max(hi, (double)p[j]);
+                ab = std::max(ab, std::fabs((double)p[j]));
+              }
+              s.seg_hi[i * nseg + k] = scaled_max(hi, sx) + kU3 * sx.smax * ab + kTiny;
+              s.seg_abs[i * nseg + k] = sx.smax * ab * (1.0 + kU3) + kTiny;
+              s.seg_done[i * nseg + k] = 0;
+              rhi = std::max(rhi, s.seg_hi[i * nseg + k]);
+              rab = std::max(rab, s.seg_abs[i * nseg + k]);
             }
-            s.row_hi[i] = scaled_max(hi, sx) + kU3 * sx.smax * ab + kTiny;
-            s.row_abs[i] = sx.smax * ab * (1.0 + kU3) + kTiny;
-            s.row_done[i] = 0;
+            s.row_hi[i] = rhi;
+            s.row_abs[i] = rab;
           }
+          auto vbound = [&](double w0, double w1, double hi0, double hi1, double ab0, double ab1) {
+            return w0 * hi0 + w1 * hi1 + kU3 * (w0 * ab0 + w1 * ab1) + kTiny;
+          };
           for (int64_t y = 0; y < a.H; ++y) {
             const int32_t i0 = yi0[y], i1 = yi1[y];
             const float wy0 = yw0[y], wy1 = yw1[y];
-            if (bounded) {
-              const double bound = (double)wy0 * s.row_hi[i0] + (double)wy1 * s.row_hi[i1] +
-                                   kU3 * ((double)wy0 * s.row_abs[i0] + (double)wy1 * s.row_abs[i1]) + kTiny;
-              if (bound <= td) continue;
-            }
-            for (int32_t i : {i0, i1}) {
-              if (s.row_done[i]) continue;
-              const float* p = &s.src[i * a.w];
-              float* r = &s.rows[i * a.W];
-              for (int64_t x = 0; x < a.W; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
-              s.row_done[i] = 1;
-            }
-            const float* r0 = &s.rows[i0 * a.W];
-            const float* r1 = &s.rows[i1 * a.W];
-            float* v = s.v.data();
-            for (int64_t x = 0; x < a.W; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
+            if (bounded && vbound(wy0, wy1, s.row_hi[i0], s.row_hi[i1], s.row_abs[i0], s.row_abs[i1]) <= td)
+              continue;
             int32_t* xs = s.xs.data();
             int64_t n = 0;
-            for (int64_t x = 0; x < a.W; ++x) {
-              xs[n] = (int32_t)x;
-              n += v[x] > t;
+            for (int64_t k = 0; k < nseg; ++k) {
+              const int64_t q0 = i0 * nseg + k, q1 = i1 * nseg + k;
+              if (bounded && vbound(wy0, wy1, s.seg_hi[q0], s.seg_hi[q1], s.seg_abs[q0], s.seg_abs[q1]) <= td)
+                continue;
+              const int64_t x0 = seg[k].x0, x1 = seg[k].x1;
+              for (int64_t q : {q0, q1}) {  // horizontal taps of this segment, once per map
+                if (s.seg_done[q]) continue;
+                const int64_t i = q / nseg;
+                const float* p = &s.src[i * a.w];
+                float* r = &s.rows[i * a.W];
+                for (int64_t x = x0; x < x1; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
+                s.seg_done[q] = 1;
+              }
+              const float* r0 = &s.rows[i0 * a.W];
+              const float* r1 = &s.rows[i1 * a.W];
+              float* v = s.v.data();
+              for (int64_t x = x0; x < x1; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
+              for (int64_t x = x0; x < x1; ++x) {
+                xs[n] = (int32_t)x;
+                n += v[x] > t;
+              }
             }
             if (n == 0) continue;
             count += n;
@@ -211,6 +273,7 @@ void tally_cpu(const TallyArgs& a) {
       }
       for (int64_t m = 0; m < a.M; ++m)
         if (img[m] > 0) s.img_mask[img[m]] = 0;
+     }
     }
   }
 }
