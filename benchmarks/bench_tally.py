@@ -112,28 +112,33 @@ def test_bench_tally_torch_baseline(benchmark):
 
 # ------------------------------------------------------------------------------ script mode
 def main(sizes=FULL, kernel_reps=5):
-    print(f"sizes {sizes}; torch threads {torch.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"load average {os.getloadavg()[0]:.1f} (2 cores); sizes {sizes}; torch threads {torch.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print("floor:", floor_text(**sizes))
     t0 = time.perf_counter()
     acts, thresholds, labels = make_data(**sizes)
     print(f"data made in {time.perf_counter() - t0:.1f} s; maps with max > threshold: "
           f"{(acts.amax((2, 3)) > thresholds).float().mean().item():.1%}")
     kernel_tally(acts, thresholds, labels, sizes["C"])  # warm-up
-    kt = []
+    kt, kc = [], []
     for _ in range(kernel_reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         inter, active = kernel_tally(acts, thresholds, labels, sizes["C"])
         kt.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
+        kc.append(time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
     ref_inter, ref_active = torch_tally(acts, thresholds, labels, sizes["C"])
-    bt = time.perf_counter() - t0
+    bt, bc = time.perf_counter() - t0, time.process_time() - c0
     frac = active.sum().item() / active.numel() / (sizes["H"] * sizes["W"])
     diff = (inter - ref_inter).abs().sum().item()
-    print(f"active fraction {frac:.3%}; |kernel - torch| summed over intersection: {diff} "
-          f"of {ref_inter.sum().item()} (ulp ties between F.interpolate and the table formula)")
-    k = min(kt)
-    print(f"| impl | time (s) | ratio |\n|---|---|---|\n| torch materialising | {bt:.3f} | 1.0x |\n"
-          f"| dk CPU kernel (best of {kernel_reps}; median {sorted(kt)[len(kt) // 2]:.4f}) | {k:.4f} | {bt / k:.1f}x |")
+    print(f"active fraction {frac:.3%} ({active.sum().item() / 1e6:.2f} M active unit-pixels); "
+          f"|kernel - torch| summed over intersection: {diff} of {ref_inter.sum().item()} "
+          f"(ulp ties between F.interpolate and the table formula)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores)")
+    k, c = min(kt), min(kc)
+    print("| impl | wall (s) | CPU time, all threads (s) | ratio wall | ratio CPU |\n|---|---|---|---|---|")
+    print(f"| torch materialising | {bt:.3f} | {bc:.3f} | 1.0x | 1.0x |")
+    print(f"| dk CPU kernel (best of {kernel_reps}; median wall {sorted(kt)[len(kt) // 2]:.4f}) | "
+          f"{k:.4f} | {c:.4f} | {bt / k:.1f}x | {bc / c:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -358,3 +359,32 @@ def test_threshold_dtypes_accepted():
     b = _call(**dict(kw, thresholds=t64.float()), backend="reference")
     assert_same(a, b)
     assert a.active.sum() > 0
+
+
+@needs_cpu
+def test_multithreaded_size_equals_single_threaded_and_reference():
+    """Large enough for the kernel's OpenMP team (>= 2^25 unit-pixels), realistic sparse maps
+    and high-quantile thresholds (the skip paths). Compared with calls on 16-unit chunks (small
+    enough to run on one thread) and, for two chunks, with the oracle."""
+    gen = torch.Generator().manual_seed(21)
+    B, U, h, w, H, W, C = 16, 176, 7, 7, 112, 112, 40
+    acts = (F.avg_pool2d(torch.randn(B * U, 1, h + 2, w + 2, generator=gen), 3, stride=1)
+            .reshape(B, U, h, w) * 3 - 0.3).relu() * torch.randn(B, U, 1, 1, generator=gen).exp()
+    ytab, xtab = Geometry.named("half-pixel").tables((h, w), (H, W))
+    labels = torch.randint(0, C, (B, 2, H // 8, W // 8), generator=gen).repeat_interleave(8, 2).repeat_interleave(8, 3)
+    image_labels = torch.randint(0, C, (B, 1), generator=gen)
+    category_of = torch.randint(0, 5, (C,), generator=gen)
+    thresholds = torch.empty(U)
+    for lo in range(0, U, 16):  # ~1 % or ~50 active pixels per unit (fewer with ties)
+        part = upsample(acts[:, lo:lo + 16], ytab, xtab).transpose(0, 1).reshape(-1, B * H * W)
+        k = B * H * W - (50 if lo % 32 else B * H * W // 100)
+        thresholds[lo:lo + 16] = part.kthvalue(k, dim=1).values
+    args = (labels, image_labels, "half-pixel", C, False, category_of, 5)
+    got = run_backend("cpu", acts, thresholds, *args)
+    chunks = [run_backend("cpu", acts[:, lo:lo + 16], thresholds[lo:lo + 16], *args) for lo in range(0, U, 16)]
+    want = TallyResult(torch.cat([c.intersection for c in chunks]), torch.cat([c.active for c in chunks], 1),
+                       torch.cat([c.max for c in chunks], 1), torch.cat([c.touched for c in chunks], 1))
+    assert_same(got, want)
+    assert (got.active.sum(0) > 0).float().mean() > 0.5  # most units have active pixels
+    for lo in (0, 16):
+        assert_same(chunks[lo // 16], run_backend("reference", acts[:, lo:lo + 16], thresholds[lo:lo + 16], *args))

@@ -157,11 +157,7 @@ void tally_cpu(const TallyArgs& a) {
   const int64_t ublock = std::max<int64_t>(1, std::min<int64_t>(32, a.U / (8 * threads)));
   const int64_t nblocks = (a.U + ublock - 1) / ublock;
 
-#pragma omp parallel num_threads(threads)
-  {
-    Scratch s(a, nseg);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
+  auto run_block = [&](int64_t blk, Scratch& s) {
      for (int64_t b = 0; b < a.B; ++b) {
       const int32_t* lab = a.labels + b * a.L * HW;
       const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
@@ -274,7 +270,18 @@ void tally_cpu(const TallyArgs& a) {
       for (int64_t m = 0; m < a.M; ++m)
         if (img[m] > 0) s.img_mask[img[m]] = 0;
      }
-    }
+  };
+
+  if (threads == 1) {  // no OpenMP region at all (idle pool threads may spin otherwise)
+    Scratch s(a, nseg);
+    for (int64_t blk = 0; blk < nblocks; ++blk) run_block(blk, s);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    Scratch s(a, nseg);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) run_block(blk, s);
   }
 }
 
