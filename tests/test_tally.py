@@ -362,10 +362,14 @@ def test_threshold_dtypes_accepted():
 
 
 @needs_cpu
-def test_multithreaded_size_equals_single_threaded_and_reference():
+@pytest.mark.parametrize("strategy", ["partials", "unit-blocks"])
+def test_multithreaded_size_equals_single_threaded_and_reference(strategy, monkeypatch):
     """Large enough for the kernel's OpenMP team (>= 2^25 unit-pixels), realistic sparse maps
     and high-quantile thresholds (the skip paths). Compared with calls on 16-unit chunks (small
-    enough to run on one thread) and, for two chunks, with the oracle."""
+    enough to run on one thread) and, for two chunks, with the oracle. Both parallel strategies:
+    per-thread partial counts (default) and unit blocks (used when U*C is huge)."""
+    if strategy == "unit-blocks":
+        monkeypatch.setenv("DK_TALLY_CPU_PARTIAL_BYTES", "0")
     gen = torch.Generator().manual_seed(21)
     B, U, h, w, H, W, C = 16, 176, 7, 7, 112, 112, 40
     acts = (F.avg_pool2d(torch.randn(B * U, 1, h + 2, w + 2, generator=gen), 3, stride=1)

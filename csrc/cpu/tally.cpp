@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -126,11 +127,20 @@ struct Scratch {
   std::vector<float> src, rows, v;
   std::vector<double> seg_hi, seg_abs, row_hi, row_abs;
   std::vector<uint8_t> seg_done, img_mask;
-  std::vector<int32_t> xs;
+  std::vector<int32_t> xs, run_c;  // run_c/run_n: pending run of concept id per layer
+  std::vector<int64_t> run_n;
   Scratch(const TallyArgs& a, int64_t nseg)
       : src(a.h * a.w), rows(a.h * a.W), v(a.W), seg_hi(a.h * nseg), seg_abs(a.h * nseg),
-        row_hi(a.h), row_abs(a.h), seg_done(a.h * nseg), img_mask(a.C, 0), xs(a.W) {}
+        row_hi(a.h), row_abs(a.h), seg_done(a.h * nseg), img_mask(a.C, 0), xs(a.W), run_c(a.L, 0), run_n(a.L, 0) {}
 };
+
+// Largest total size of the per-thread [U, C] partial counts (default 256 MiB); the
+// environment variable DK_TALLY_CPU_PARTIAL_BYTES overrides it (tests use 0 to exercise the
+// unit-block strategy).
+int64_t partial_bytes_limit() {
+  const char* env = std::getenv("DK_TALLY_CPU_PARTIAL_BYTES");
+  return env ? std::atoll(env) : (int64_t(256) << 20);
+}
 
 }  // namespace
 
@@ -143,33 +153,30 @@ void tally_cpu(const TallyArgs& a) {
   const std::vector<Segment> seg = segments(a.xtab);
   const int64_t nseg = (int64_t)seg.size();
 
-  // Unit blocks are the parallel work items: a thread owns its units' rows of `intersection`
-  // and walks every image for them, so there is no barrier until the end (a barrier per image
-  // stalls badly when the cores are shared) and an image's label maps stay cache-resident
-  // while the block's units read them.
-  // Small calls run on one thread: waking a team costs more than it saves, and on shared
-  // cores a late-scheduled thread can hold the final barrier for a whole time slice.
+  // Work order: one image at a time, all (or a block of) units inner, so the image's label
+  // maps stay in L2 while every unit's active pixels read them (label loads were the largest
+  // cost at ~0.5 % activity). Calls below `grain` unit-pixels per thread run on one thread
+  // without any OpenMP region (waking a team costs more than it saves, and on shared cores a
+  // late-scheduled or spinning pool thread can stall a region for a time slice).
   int64_t threads = 1;
 #ifdef _OPENMP
   const int64_t grain = int64_t(1) << 24;  // unit-pixels per thread (~ms of work)
   threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), a.B * a.U * HW / grain));
 #endif
-  const int64_t ublock = std::max<int64_t>(1, std::min<int64_t>(32, a.U / (8 * threads)));
-  const int64_t nblocks = (a.U + ublock - 1) / ublock;
 
-  auto run_block = [&](int64_t blk, Scratch& s) {
-     for (int64_t b = 0; b < a.B; ++b) {
+  // Units [u0, u1) of image b; intersection rows at inter_base + u * C.
+  auto run_image = [&](int64_t b, int64_t u0, int64_t u1, Scratch& s, int64_t* inter_base) {
       const int32_t* lab = a.labels + b * a.L * HW;
       const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
       // Image-level concepts of this image (any-layer dedup of pixel labels against them).
       for (int64_t m = 0; m < a.M; ++m)
         if (img[m] > 0) s.img_mask[img[m]] = 1;
-      for (int64_t u = blk * ublock; u < std::min(a.U, (blk + 1) * ublock); ++u) {
+      for (int64_t u = u0; u < u1; ++u) {
         float mx, mn;
         const bool finite = load_map(a, b, u, s.src.data(), mx, mn);
         a.max[b * a.U + u] = mx;
         const float t = a.thresholds[u];
-        int64_t* inter = a.intersection + u * a.C;
+        int64_t* inter = inter_base + u * a.C;
         uint8_t* touched = a.touched ? a.touched + (b * a.U + u) * a.K : nullptr;
         if (touched) std::fill(touched, touched + a.K, uint8_t(0));
         const bool bounded = tables_ok && finite;
@@ -205,6 +212,15 @@ void tally_cpu(const TallyArgs& a) {
           auto vbound = [&](double w0, double w1, double hi0, double hi1, double ab0, double ab1) {
             return w0 * hi0 + w1 * hi1 + kU3 * (w0 * ab0 + w1 * ab1) + kTiny;
           };
+          auto add_run = [&](int32_t c, int64_t n) {  // n active pixels hold concept c
+            if (c <= 0 || (!a.per_layer && s.img_mask[c])) return;
+            inter[c] += n;
+            if (touched) touched[a.category_of[c]] = 1;
+          };
+          auto flush = [&](int64_t l) {
+            add_run(s.run_c[l], s.run_n[l]);
+            s.run_c[l] = 0;
+          };
           for (int64_t y = 0; y < a.H; ++y) {
             const int32_t i0 = yi0[y], i1 = yi1[y];
             const float wy0 = yw0[y], wy1 = yw1[y];
@@ -236,7 +252,27 @@ void tally_cpu(const TallyArgs& a) {
             }
             if (n == 0) continue;
             count += n;
+            // Label work. Labels come in blobs, so consecutive active pixels mostly add to the
+            // same counter: accumulate a run per layer and add it when the id changes (a
+            // chain of ++inter[c] on one address is bound by store-to-load latency).
             const int32_t* lrow = lab + y * a.W;
+            if (a.L == 1) {  // one layer: no per-pixel dedup; image labels filtered per run
+              int32_t rc = s.run_c[0];
+              int64_t rn = s.run_n[0];
+              for (int64_t k = 0; k < n; ++k) {
+                const int32_t c = lrow[xs[k]];
+                if (c == rc) {
+                  ++rn;
+                } else {
+                  add_run(rc, rn);
+                  rc = c;
+                  rn = 1;
+                }
+              }
+              s.run_c[0] = rc;
+              s.run_n[0] = rn;
+              continue;
+            }
             for (int64_t k = 0; k < n; ++k) {
               const int64_t x = xs[k];
               for (int64_t l = 0; l < a.L; ++l) {
@@ -248,11 +284,17 @@ void tally_cpu(const TallyArgs& a) {
                   for (int64_t j = 0; j < l && !dup; ++j) dup = lrow[j * HW + x] == c;
                   if (dup) continue;
                 }
-                ++inter[c];
-                if (touched) touched[a.category_of[c]] = 1;
+                if (s.run_c[l] == c) {
+                  ++s.run_n[l];
+                } else {
+                  flush(l);
+                  s.run_c[l] = c;
+                  s.run_n[l] = 1;
+                }
               }
             }
           }
+          for (int64_t l = 0; l < a.L; ++l) flush(l);
         }
         // Image-level labels cover every pixel: each active pixel counts once per label
         // (once per distinct id without per_layer).
@@ -269,20 +311,47 @@ void tally_cpu(const TallyArgs& a) {
       }
       for (int64_t m = 0; m < a.M; ++m)
         if (img[m] > 0) s.img_mask[img[m]] = 0;
-     }
   };
 
-  if (threads == 1) {  // no OpenMP region at all (idle pool threads may spin otherwise)
+  if (threads == 1) {
     Scratch s(a, nseg);
-    for (int64_t blk = 0; blk < nblocks; ++blk) run_block(blk, s);
+    for (int64_t b = 0; b < a.B; ++b) run_image(b, 0, a.U, s, a.intersection);
     return;
   }
+#ifdef _OPENMP
+  const int64_t UC = a.U * a.C;
+  if (UC * threads * 8 <= partial_bytes_limit()) {
+    // Threads take whole images and count into private [U, C] partials, summed at the end
+    // (one barrier; images are the dynamic work items).
+    std::vector<std::vector<int64_t>> part(threads);
+#pragma omp parallel num_threads(threads)
+    {
+      const int tid = omp_get_thread_num();
+      part[tid].assign(UC, 0);
+      Scratch s(a, nseg);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < a.B; ++b) run_image(b, 0, a.U, s, part[tid].data());
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < UC; ++i) {
+        int64_t sum = 0;
+        for (int64_t t = 0; t < threads; ++t) sum += part[t][i];
+        a.intersection[i] += sum;
+      }
+    }
+    return;
+  }
+  // Very large U*C: threads own unit blocks (their rows of `intersection`) and walk all images.
+  const int64_t ublock = std::max<int64_t>(1, std::min<int64_t>(64, a.U / (4 * threads)));
+  const int64_t nblocks = (a.U + ublock - 1) / ublock;
 #pragma omp parallel num_threads(threads)
   {
     Scratch s(a, nseg);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < nblocks; ++blk) run_block(blk, s);
+    for (int64_t blk = 0; blk < nblocks; ++blk)
+      for (int64_t b = 0; b < a.B; ++b)
+        run_image(b, blk * ublock, std::min(a.U, (blk + 1) * ublock), s, a.intersection);
   }
+#endif
 }
 
 }  // namespace dissect_kernels
