@@ -1,7 +1,6 @@
-// CPU tally: per (image, unit) load the small source map, prove whole maps / output rows
-// inactive with a rigorous upper bound, interpolate only the surviving rows, count.
-// Parallel over units inside each image, so each thread owns its rows of `intersection` (no
-// atomics) and the image's label maps stay cache-resident while every unit reads them.
+// CPU tally: per (image, unit) load the small source map, prove whole maps, output rows and
+// column segments inactive with a rigorous upper bound, interpolate only what survives, and
+// count labels under the active pixels. Work scales with the active region, not B*U*H*W.
 //
 // Results are bit-identical to the formula in tally.h: surviving pixels are computed exactly
 // as written there (fp32, same operation order, built with -ffp-contract=off), and the skips
@@ -18,8 +17,10 @@
 //   |r| <= A'_i = Sx_max*A_i*(1 + 3u) + tiny.
 // Vertical pass of output row y (rows i0, i1, weights wy0, wy1 >= 0):
 //   v <= wy0*R_i0 + wy1*R_i1 + 3u*(wy0*A'_i0 + wy1*A'_i1) + tiny.
-// If that is <= t, no pixel of row y is active (v > t is false). The whole-map test uses the
-// map's max M / max-abs A in place of the row values and [Sy_min, Sy_max] for (wy0 + wy1).
+// If that is <= t, no pixel of row y is active (v > t is false). The same holds with M_i, A_i
+// taken over only the source columns a column segment reads (segment test), and with the
+// map's max M / max-abs A in place of the row values and [Sy_min, Sy_max] for wy0 + wy1
+// (whole-map test).
 // For clamp tables (s = 1 up to ~1e-7) this is ~ M + 1e-6*|M|; with zero padding
 // (s in [0, 1]) ~ max(M, 0) + .... The bound is evaluated in double (error ~2^-53, far inside
 // the 3u slack); `tiny` = 1e-40 covers underflow. Skipping is disabled when a table holds a
@@ -164,153 +165,154 @@ void tally_cpu(const TallyArgs& a) {
   threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), a.B * a.U * HW / grain));
 #endif
 
+  // One (image, unit) map: writes max / active / touched, adds to the row `inter`.
+  auto run_map = [&](int64_t b, int64_t u, const int32_t* lab, const int32_t* img, Scratch& s, int64_t* inter) {
+    float mx, mn;
+    const bool finite = load_map(a, b, u, s.src.data(), mx, mn);
+    a.max[b * a.U + u] = mx;
+    const float t = a.thresholds[u];
+    uint8_t* touched = a.touched ? a.touched + (b * a.U + u) * a.K : nullptr;
+    if (touched) std::fill(touched, touched + a.K, uint8_t(0));
+    const bool bounded = tables_ok && finite;
+    const double td = t;
+    int64_t count = 0;
+    bool skip_map = false;
+    if (bounded) {  // whole-map bound (see the header comment)
+      const double A = std::max(std::fabs((double)mx), std::fabs((double)mn));
+      const double R = scaled_max(mx, sx) + kU3 * sx.smax * A + kTiny;
+      const double Ar = sx.smax * A * (1.0 + kU3) + kTiny;
+      skip_map = scaled_max(R, sy) + kU3 * sy.smax * Ar + kTiny <= td;
+    }
+    if (!skip_map) {
+      // Bounds per (source row, segment) and per source row; horizontal values lazily.
+      for (int64_t i = 0; i < a.h; ++i) {
+        const float* p = &s.src[i * a.w];
+        double rhi = -INFINITY, rab = 0;
+        for (int64_t k = 0; k < nseg; ++k) {
+          double hi = -INFINITY, ab = 0;
+          for (int64_t j = seg[k].c0; j <= seg[k].c1; ++j) {
+            hi = std::max(hi, (double)p[j]);
+            ab = std::max(ab, std::fabs((double)p[j]));
+          }
+          s.seg_hi[i * nseg + k] = scaled_max(hi, sx) + kU3 * sx.smax * ab + kTiny;
+          s.seg_abs[i * nseg + k] = sx.smax * ab * (1.0 + kU3) + kTiny;
+          s.seg_done[i * nseg + k] = 0;
+          rhi = std::max(rhi, s.seg_hi[i * nseg + k]);
+          rab = std::max(rab, s.seg_abs[i * nseg + k]);
+        }
+        s.row_hi[i] = rhi;
+        s.row_abs[i] = rab;
+      }
+      auto vbound = [&](double w0, double w1, double hi0, double hi1, double ab0, double ab1) {
+        return w0 * hi0 + w1 * hi1 + kU3 * (w0 * ab0 + w1 * ab1) + kTiny;
+      };
+      auto add_run = [&](int32_t c, int64_t n) {  // n active pixels hold concept c
+        if (c <= 0 || (!a.per_layer && s.img_mask[c])) return;
+        inter[c] += n;
+        if (touched) touched[a.category_of[c]] = 1;
+      };
+      auto flush = [&](int64_t l) {
+        add_run(s.run_c[l], s.run_n[l]);
+        s.run_c[l] = 0;
+      };
+      for (int64_t y = 0; y < a.H; ++y) {
+        const int32_t i0 = yi0[y], i1 = yi1[y];
+        const float wy0 = yw0[y], wy1 = yw1[y];
+        if (bounded && vbound(wy0, wy1, s.row_hi[i0], s.row_hi[i1], s.row_abs[i0], s.row_abs[i1]) <= td)
+          continue;
+        int32_t* xs = s.xs.data();
+        int64_t n = 0;
+        for (int64_t k = 0; k < nseg; ++k) {
+          const int64_t q0 = i0 * nseg + k, q1 = i1 * nseg + k;
+          if (bounded && vbound(wy0, wy1, s.seg_hi[q0], s.seg_hi[q1], s.seg_abs[q0], s.seg_abs[q1]) <= td)
+            continue;
+          const int64_t x0 = seg[k].x0, x1 = seg[k].x1;
+          for (int64_t q : {q0, q1}) {  // horizontal taps of this segment, once per map
+            if (s.seg_done[q]) continue;
+            const int64_t i = q / nseg;
+            const float* p = &s.src[i * a.w];
+            float* r = &s.rows[i * a.W];
+            for (int64_t x = x0; x < x1; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
+            s.seg_done[q] = 1;
+          }
+          const float* r0 = &s.rows[i0 * a.W];
+          const float* r1 = &s.rows[i1 * a.W];
+          float* v = s.v.data();
+          for (int64_t x = x0; x < x1; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
+          for (int64_t x = x0; x < x1; ++x) {
+            xs[n] = (int32_t)x;
+            n += v[x] > t;
+          }
+        }
+        if (n == 0) continue;
+        count += n;
+        // Label work. Labels come in blobs, so consecutive active pixels mostly add to the
+        // same counter: accumulate a run per layer and add it when the id changes (a
+        // chain of ++inter[c] on one address is bound by store-to-load latency).
+        const int32_t* lrow = lab + y * a.W;
+        if (a.L == 1) {  // one layer: no per-pixel dedup; image labels filtered per run
+          int32_t rc = s.run_c[0];
+          int64_t rn = s.run_n[0];
+          for (int64_t k = 0; k < n; ++k) {
+            const int32_t c = lrow[xs[k]];
+            if (c == rc) {
+              ++rn;
+            } else {
+              add_run(rc, rn);
+              rc = c;
+              rn = 1;
+            }
+          }
+          s.run_c[0] = rc;
+          s.run_n[0] = rn;
+          continue;
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t x = xs[k];
+          for (int64_t l = 0; l < a.L; ++l) {
+            const int32_t c = lrow[l * HW + x];
+            if (c <= 0) continue;
+            if (!a.per_layer) {
+              if (s.img_mask[c]) continue;
+              bool dup = false;
+              for (int64_t j = 0; j < l && !dup; ++j) dup = lrow[j * HW + x] == c;
+              if (dup) continue;
+            }
+            if (s.run_c[l] == c) {
+              ++s.run_n[l];
+            } else {
+              flush(l);
+              s.run_c[l] = c;
+              s.run_n[l] = 1;
+            }
+          }
+        }
+      }
+      for (int64_t l = 0; l < a.L; ++l) flush(l);
+    }
+    // Image-level labels cover every pixel: each active pixel counts once per label
+    // (once per distinct id without per_layer).
+    if (count) {
+      for (int64_t m = 0; m < a.M; ++m) {
+        const int32_t c = img[m];
+        if (c <= 0) continue;
+        if (!a.per_layer && std::find(img, img + m, c) != img + m) continue;
+        inter[c] += count;
+        if (touched) touched[a.category_of[c]] = 1;
+      }
+    }
+    a.active[b * a.U + u] = count;
+  };
   // Units [u0, u1) of image b; intersection rows at inter_base + u * C.
   auto run_image = [&](int64_t b, int64_t u0, int64_t u1, Scratch& s, int64_t* inter_base) {
-      const int32_t* lab = a.labels + b * a.L * HW;
-      const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
-      // Image-level concepts of this image (any-layer dedup of pixel labels against them).
-      for (int64_t m = 0; m < a.M; ++m)
-        if (img[m] > 0) s.img_mask[img[m]] = 1;
-      for (int64_t u = u0; u < u1; ++u) {
-        float mx, mn;
-        const bool finite = load_map(a, b, u, s.src.data(), mx, mn);
-        a.max[b * a.U + u] = mx;
-        const float t = a.thresholds[u];
-        int64_t* inter = inter_base + u * a.C;
-        uint8_t* touched = a.touched ? a.touched + (b * a.U + u) * a.K : nullptr;
-        if (touched) std::fill(touched, touched + a.K, uint8_t(0));
-        const bool bounded = tables_ok && finite;
-        const double td = t;
-        int64_t count = 0;
-        bool skip_map = false;
-        if (bounded) {  // whole-map bound (see the header comment)
-          const double A = std::max(std::fabs((double)mx), std::fabs((double)mn));
-          const double R = scaled_max(mx, sx) + kU3 * sx.smax * A + kTiny;
-          const double Ar = sx.smax * A * (1.0 + kU3) + kTiny;
-          skip_map = scaled_max(R, sy) + kU3 * sy.smax * Ar + kTiny <= td;
-        }
-        if (!skip_map) {
-          // Bounds per (source row, segment) and per source row; horizontal values lazily.
-          for (int64_t i = 0; i < a.h; ++i) {
-            const float* p = &s.src[i * a.w];
-            double rhi = -INFINITY, rab = 0;
-            for (int64_t k = 0; k < nseg; ++k) {
-              double hi = -INFINITY, ab = 0;
-              for (int64_t j = seg[k].c0; j <= seg[k].c1; ++j) {
-                hi = std::max(hi, (double)p[j]);
-                ab = std::max(ab, std::fabs((double)p[j]));
-              }
-              s.seg_hi[i * nseg + k] = scaled_max(hi, sx) + kU3 * sx.smax * ab + kTiny;
-              s.seg_abs[i * nseg + k] = sx.smax * ab * (1.0 + kU3) + kTiny;
-              s.seg_done[i * nseg + k] = 0;
-              rhi = std::max(rhi, s.seg_hi[i * nseg + k]);
-              rab = std::max(rab, s.seg_abs[i * nseg + k]);
-            }
-            s.row_hi[i] = rhi;
-            s.row_abs[i] = rab;
-          }
-          auto vbound = [&](double w0, double w1, double hi0, double hi1, double ab0, double ab1) {
-            return w0 * hi0 + w1 * hi1 + kU3 * (w0 * ab0 + w1 * ab1) + kTiny;
-          };
-          auto add_run = [&](int32_t c, int64_t n) {  // n active pixels hold concept c
-            if (c <= 0 || (!a.per_layer && s.img_mask[c])) return;
-            inter[c] += n;
-            if (touched) touched[a.category_of[c]] = 1;
-          };
-          auto flush = [&](int64_t l) {
-            add_run(s.run_c[l], s.run_n[l]);
-            s.run_c[l] = 0;
-          };
-          for (int64_t y = 0; y < a.H; ++y) {
-            const int32_t i0 = yi0[y], i1 = yi1[y];
-            const float wy0 = yw0[y], wy1 = yw1[y];
-            if (bounded && vbound(wy0, wy1, s.row_hi[i0], s.row_hi[i1], s.row_abs[i0], s.row_abs[i1]) <= td)
-              continue;
-            int32_t* xs = s.xs.data();
-            int64_t n = 0;
-            for (int64_t k = 0; k < nseg; ++k) {
-              const int64_t q0 = i0 * nseg + k, q1 = i1 * nseg + k;
-              if (bounded && vbound(wy0, wy1, s.seg_hi[q0], s.seg_hi[q1], s.seg_abs[q0], s.seg_abs[q1]) <= td)
-                continue;
-              const int64_t x0 = seg[k].x0, x1 = seg[k].x1;
-              for (int64_t q : {q0, q1}) {  // horizontal taps of this segment, once per map
-                if (s.seg_done[q]) continue;
-                const int64_t i = q / nseg;
-                const float* p = &s.src[i * a.w];
-                float* r = &s.rows[i * a.W];
-                for (int64_t x = x0; x < x1; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
-                s.seg_done[q] = 1;
-              }
-              const float* r0 = &s.rows[i0 * a.W];
-              const float* r1 = &s.rows[i1 * a.W];
-              float* v = s.v.data();
-              for (int64_t x = x0; x < x1; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
-              for (int64_t x = x0; x < x1; ++x) {
-                xs[n] = (int32_t)x;
-                n += v[x] > t;
-              }
-            }
-            if (n == 0) continue;
-            count += n;
-            // Label work. Labels come in blobs, so consecutive active pixels mostly add to the
-            // same counter: accumulate a run per layer and add it when the id changes (a
-            // chain of ++inter[c] on one address is bound by store-to-load latency).
-            const int32_t* lrow = lab + y * a.W;
-            if (a.L == 1) {  // one layer: no per-pixel dedup; image labels filtered per run
-              int32_t rc = s.run_c[0];
-              int64_t rn = s.run_n[0];
-              for (int64_t k = 0; k < n; ++k) {
-                const int32_t c = lrow[xs[k]];
-                if (c == rc) {
-                  ++rn;
-                } else {
-                  add_run(rc, rn);
-                  rc = c;
-                  rn = 1;
-                }
-              }
-              s.run_c[0] = rc;
-              s.run_n[0] = rn;
-              continue;
-            }
-            for (int64_t k = 0; k < n; ++k) {
-              const int64_t x = xs[k];
-              for (int64_t l = 0; l < a.L; ++l) {
-                const int32_t c = lrow[l * HW + x];
-                if (c <= 0) continue;
-                if (!a.per_layer) {
-                  if (s.img_mask[c]) continue;
-                  bool dup = false;
-                  for (int64_t j = 0; j < l && !dup; ++j) dup = lrow[j * HW + x] == c;
-                  if (dup) continue;
-                }
-                if (s.run_c[l] == c) {
-                  ++s.run_n[l];
-                } else {
-                  flush(l);
-                  s.run_c[l] = c;
-                  s.run_n[l] = 1;
-                }
-              }
-            }
-          }
-          for (int64_t l = 0; l < a.L; ++l) flush(l);
-        }
-        // Image-level labels cover every pixel: each active pixel counts once per label
-        // (once per distinct id without per_layer).
-        if (count) {
-          for (int64_t m = 0; m < a.M; ++m) {
-            const int32_t c = img[m];
-            if (c <= 0) continue;
-            if (!a.per_layer && std::find(img, img + m, c) != img + m) continue;
-            inter[c] += count;
-            if (touched) touched[a.category_of[c]] = 1;
-          }
-        }
-        a.active[b * a.U + u] = count;
-      }
-      for (int64_t m = 0; m < a.M; ++m)
-        if (img[m] > 0) s.img_mask[img[m]] = 0;
+    const int32_t* lab = a.labels + b * a.L * HW;
+    const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
+    // Image-level concepts of this image (any-layer dedup of pixel labels against them).
+    for (int64_t m = 0; m < a.M; ++m)
+      if (img[m] > 0) s.img_mask[img[m]] = 1;
+    for (int64_t u = u0; u < u1; ++u) run_map(b, u, lab, img, s, inter_base + u * a.C);
+    for (int64_t m = 0; m < a.M; ++m)
+      if (img[m] > 0) s.img_mask[img[m]] = 0;
   };
 
   if (threads == 1) {
