@@ -290,9 +290,10 @@ def test_accumulates_across_calls():
 
 # ------------------------------------------------------------------------------- bad input
 def _good():
-    return dict(acts=torch.rand(2, 3, 4, 4), thresholds=torch.rand(3),
-                labels=torch.randint(0, 5, (2, 1, 8, 8)), num_concepts=5,
-                image_labels=torch.randint(0, 5, (2, 2)), category_of=torch.randint(0, 2, (5,)))
+    g = torch.Generator().manual_seed(0)
+    return dict(acts=torch.rand(2, 3, 4, 4, generator=g), thresholds=torch.rand(3, generator=g),
+                labels=torch.randint(0, 5, (2, 1, 8, 8), generator=g), num_concepts=5,
+                image_labels=torch.randint(0, 5, (2, 2), generator=g), category_of=torch.tensor([0, 1, 0, 1, 1]))
 
 
 def _call(**changes):
@@ -331,6 +332,10 @@ def _call(**changes):
     (dict(num_concepts=0), ValueError, ["num_concepts"]),
     (dict(num_concepts=5.0), ValueError, ["num_concepts"]),
     (dict(acts=torch.rand(2, 3, 0, 4)), ValueError, ["empty"]),
+    (dict(num_concepts=True), ValueError, ["num_concepts"]),
+    (dict(category_of=None, num_categories=3), ValueError, ["num_categories", "category_of"]),
+    (dict(labels=torch.randint(0, 5, (2, 1, 8, 8)).bool()), TypeError, ["labels", "dtype"]),
+    (dict(thresholds=torch.rand(3).to("meta")), ValueError, ["thresholds", "meta"]),
 ])
 def test_bad_input(changes, error, words):
     with pytest.raises(error) as info:
