@@ -152,7 +152,14 @@ def test_cpu_equals_reference(B, U, h, w, H, W, L, M, C, dtype, layout, content,
     if with_categories:
         K = int(torch.randint(1, 6, (1,), generator=gen))
         category_of = torch.randint(0, K, (C,), generator=gen)
-    both(acts, thresholds, labels, image_labels, geometry, C, per_layer, category_of, K, seed=seed)
+    got = both(acts, thresholds, labels, image_labels, geometry, C, per_layer, category_of, K, seed=seed)
+    # Properties that do not depend on the oracle (so these cases cannot pass vacuously):
+    if tmode == "inf":
+        assert (got.active[:, thresholds == math.inf] == 0).all()
+        assert (got.active[:, thresholds == -math.inf] == H * W).all()
+    if tmode == "negative" and content in ("relu", "heavy"):  # values >= 0 > t everywhere
+        assert (got.active == H * W).all()
+        assert got.max.ge(0).all()
 
 
 # ------------------------------------------------------------ adversarial tests of the skip bound
