@@ -2,6 +2,7 @@
 geometries and thresholds (ties, inf, adversarial bounds); bad input gets a clear error."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -373,15 +374,11 @@ def test_threshold_dtypes_accepted():
     assert a.active.sum() > 0
 
 
-@needs_cpu
-@pytest.mark.parametrize("strategy", ["partials", "unit-blocks"])
-def test_multithreaded_size_equals_single_threaded_and_reference(strategy, monkeypatch):
-    """Large enough for the kernel's OpenMP team (>= 2^25 unit-pixels), realistic sparse maps
-    and high-quantile thresholds (the skip paths). Compared with calls on 16-unit chunks (small
-    enough to run on one thread) and, for two chunks, with the oracle. Both parallel strategies:
-    per-thread partial counts (default) and unit blocks (used when U*C is huge)."""
-    if strategy == "unit-blocks":
-        monkeypatch.setenv("DK_TALLY_CPU_PARTIAL_BYTES", "0")
+@functools.lru_cache(maxsize=1)
+def _large_case():
+    """Large enough for the kernel's OpenMP team (>= 2^25 unit-pixels): realistic sparse maps,
+    high-quantile thresholds (the skip paths), blob labels. The expected result comes from calls
+    on 16-unit chunks, small enough to run on one thread."""
     gen = torch.Generator().manual_seed(21)
     B, U, h, w, H, W, C = 16, 176, 7, 7, 112, 112, 40
     acts = (F.avg_pool2d(torch.randn(B * U, 1, h + 2, w + 2, generator=gen), 3, stride=1)
@@ -396,11 +393,27 @@ def test_multithreaded_size_equals_single_threaded_and_reference(strategy, monke
         k = B * H * W - (50 if lo % 32 else B * H * W // 100)
         thresholds[lo:lo + 16] = part.kthvalue(k, dim=1).values
     args = (labels, image_labels, "half-pixel", C, False, category_of, 5)
-    got = run_backend("cpu", acts, thresholds, *args)
     chunks = [run_backend("cpu", acts[:, lo:lo + 16], thresholds[lo:lo + 16], *args) for lo in range(0, U, 16)]
     want = TallyResult(torch.cat([c.intersection for c in chunks]), torch.cat([c.active for c in chunks], 1),
                        torch.cat([c.max for c in chunks], 1), torch.cat([c.touched for c in chunks], 1))
-    assert_same(got, want)
-    assert (got.active.sum(0) > 0).float().mean() > 0.5  # most units have active pixels
+    return acts, thresholds, args, chunks, want
+
+
+@needs_cpu
+def test_large_case_chunks_equal_reference():
+    """The single-threaded expectation of the large case equals the oracle (two chunks)."""
+    acts, thresholds, args, chunks, want = _large_case()
     for lo in (0, 16):
         assert_same(chunks[lo // 16], run_backend("reference", acts[:, lo:lo + 16], thresholds[lo:lo + 16], *args))
+    assert (want.active.sum(0) > 0).float().mean() > 0.5  # most units have active pixels
+
+
+@needs_cpu
+@pytest.mark.parametrize("strategy", ["partials", "unit-blocks"])
+def test_multithreaded_equals_single_threaded(strategy, monkeypatch):
+    """Both parallel strategies: per-thread partial counts (default) and unit blocks (used when
+    U*C is huge; forced here through the environment override)."""
+    if strategy == "unit-blocks":
+        monkeypatch.setenv("DK_TALLY_CPU_PARTIAL_BYTES", "0")
+    acts, thresholds, args, chunks, want = _large_case()
+    assert_same(run_backend("cpu", acts, thresholds, *args), want)
