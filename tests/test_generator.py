@@ -294,3 +294,20 @@ def test_pipeline_matches_a_brute_force_oracle(gan):
             assert int(res.counts["intersection"][u, c]) == int((m & (labels == c)).sum())
         assert torch.equal(res.counts["activation"][u],
                            torch.stack([m[present[:, k]].sum() for k in range(2)]))
+
+
+def test_segmentation_at_a_lower_resolution_and_3d_output(gan):
+    """A segmenter may return [B, H, W] at its own resolution: maps are upsampled to it."""
+    g, s, info = gan
+
+    class Half:
+        num_classes, concept_names = s.num_classes, s.concept_names
+        category_names, category_of = s.category_names, s.category_of
+
+        def __call__(self, images):
+            return s(images)[:, 0, 1::2, 1::2]                          # [B, 32, 32]
+
+    lr = dissect_generator(g, "layer3", Half(), num_samples=24, batch_size=12, progress=False).layers["layer3"]
+    for concept, units in info["planted"].items():
+        assert [lr.unit_label(u) for u in units] == [concept] * 3
+    assert int(lr.counts["truth"].sum()) <= 24 * 32 * 32
