@@ -1,0 +1,142 @@
+// CPU exact-tail filter (see quantile.h): one pass, OpenMP over units, a vectorisable
+// "any value above the cut?" test per block of 16 and a scalar slow path for the rare hits.
+#include "dissect_kernels/quantile.h"
+
+#include <algorithm>
+#include <functional>
+#include <limits>
+
+#include "dissect_kernels/convert.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace dissect_kernels {
+namespace {
+
+constexpr int64_t kBlock = 16;
+
+template <typename T> inline float to_float(T v);
+template <> inline float to_float<float>(float v) { return v; }
+
+struct Half { uint16_t bits; };
+struct BF16 { uint16_t bits; };
+template <> inline float to_float<Half>(Half v) { return half_to_float(v.bits); }
+template <> inline float to_float<BF16>(BF16 v) { return bfloat16_to_float(v.bits); }
+
+struct State {
+  float* buf;
+  int64_t capacity, target;
+  int64_t* kept;
+  float* cut;
+  int64_t* nan;
+
+  // Keep the `target` largest values (nth_element), raise the cut to the target-th largest.
+  inline void compact(int64_t u) {
+    float* b = buf + u * capacity;
+    std::nth_element(b, b + (target - 1), b + kept[u], std::greater<float>());
+    cut[u] = b[target - 1];
+    kept[u] = target;
+  }
+
+  // Slow path for one value of unit u (NaN, or possibly above the cut).
+  inline void push(int64_t u, float v) {
+    if (v != v) { ++nan[u]; return; }
+    if (!(v > cut[u])) return;
+    if (v == 0.f) v = 0.f;  // -0.0 -> +0.0
+    if (kept[u] == capacity) {
+      compact(u);
+      if (!(v > cut[u])) return;
+    }
+    buf[u * capacity + kept[u]++] = v;
+  }
+};
+
+// Units [u0, u1) of rows g, units contiguous (S == 1, unit stride 1): blocks of 16 units share
+// a row segment, each with its own cut.
+template <typename T>
+void scan_rows(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
+  const T* x = static_cast<const T*>(a.x);
+  for (int64_t g = 0; g < a.G; ++g) {
+    const T* row = x + g * a.x_stride[0];
+    int64_t u = u0;
+    for (; u + kBlock <= u1; u += kBlock) {
+      float v[kBlock];
+      bool hit = false;
+      for (int64_t j = 0; j < kBlock; ++j) {
+        v[j] = to_float<T>(row[u + j]);
+        hit |= !(v[j] <= st.cut[u + j]);
+      }
+      if (hit)
+        for (int64_t j = 0; j < kBlock; ++j) st.push(u + j, v[j]);
+    }
+    for (; u < u1; ++u) st.push(u, to_float<T>(row[u]));
+  }
+}
+
+// One unit over every (g, s), positions contiguous (s stride 1) or not.
+template <typename T>
+void scan_unit(const QuantileFilterArgs& a, State& st, int64_t u) {
+  const T* x = static_cast<const T*>(a.x) + u * a.x_stride[1];
+  const int64_t ss = a.x_stride[2];
+  for (int64_t g = 0; g < a.G; ++g) {
+    const T* p = x + g * a.x_stride[0];
+    int64_t s = 0;
+    if (ss == 1) {
+      for (; s + kBlock <= a.S; s += kBlock) {
+        const float c = st.cut[u];
+        float v[kBlock];
+        bool hit = false;
+        for (int64_t j = 0; j < kBlock; ++j) {
+          v[j] = to_float<T>(p[s + j]);
+          hit |= !(v[j] <= c);
+        }
+        if (hit)
+          for (int64_t j = 0; j < kBlock; ++j) st.push(u, v[j]);
+      }
+    }
+    for (; s < a.S; ++s) st.push(u, to_float<T>(p[s * ss]));
+  }
+}
+
+template <typename T>
+void run(const QuantileFilterArgs& a) {
+  State st{a.buffer, a.capacity, a.target, a.kept, a.cut, a.nan_count};
+  if (a.S == 1 && a.x_stride[1] == 1) {
+#pragma omp parallel
+    {
+      int nt = 1, t = 0;
+#ifdef _OPENMP
+      nt = omp_get_num_threads();
+      t = omp_get_thread_num();
+#endif
+      // split units into per-thread ranges aligned to the block size
+      const int64_t blocks = (a.U + kBlock - 1) / kBlock;
+      const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+      const int64_t u0 = std::min(a.U, b0 * kBlock), u1 = std::min(a.U, b1 * kBlock);
+      if (u0 < u1) scan_rows<T>(a, st, u0, u1);
+    }
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int64_t u = 0; u < a.U; ++u) scan_unit<T>(a, st, u);
+  }
+}
+
+}  // namespace
+
+void quantile_filter_cpu(const QuantileFilterArgs& a) {
+  if (a.U <= 0 || a.G < 0 || a.S <= 0) throw Error("quantile_filter: bad shape");
+  if (!(a.target > 0 && a.target < a.capacity))
+    throw Error("quantile_filter: need 0 < target < capacity");
+  for (int64_t u = 0; u < a.U; ++u)
+    if (a.kept[u] < 0 || a.kept[u] > a.capacity) throw Error("quantile_filter: kept out of range");
+  switch (a.x_dtype) {
+    case DType::Float32: run<float>(a); break;
+    case DType::Float16: run<Half>(a); break;
+    case DType::BFloat16: run<BF16>(a); break;
+    default: throw Error("quantile_filter: unsupported dtype");
+  }
+}
+
+}  // namespace dissect_kernels
