@@ -251,3 +251,16 @@ def test_kll_reference_rank_error():
     for i in range(0, N, 7000):
         sk2.add(x[i:i + 7000])
     assert not np.array_equal(sk.quantiles(0.99), sk2.quantiles(0.99))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(200_000, 96), (40, 64, 28, 28)])
+def test_triton_on_gpu_matches_numpy(shape):
+    """Real-GPU run of the Triton filter/compaction (state stays on the device)."""
+    x = relu_like(shape, 23).cuda()
+    U = shape[1]
+    n = x.numel() // U
+    s = QuantileSketch(U, mode="exact", expected_count=n, backend="triton")
+    feed(s, x, 23, n_splits=7)
+    assert s._state.buffer.is_cuda
+    np.testing.assert_array_equal(s.quantile(QS).cpu().numpy(), oracle(x.cpu()))

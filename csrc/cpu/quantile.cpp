@@ -1,5 +1,5 @@
 // CPU exact-tail filter (see quantile.h): one pass, OpenMP over units, a vectorisable
-// "any value above the cut?" test per block of 16 and a scalar slow path for the rare hits.
+// "which values are above the cut?" bitmask per block of 16 and a scalar push per set bit.
 #include "dissect_kernels/quantile.h"
 
 #include <algorithm>
@@ -10,6 +10,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace dissect_kernels {
@@ -24,6 +27,44 @@ struct Half { uint16_t bits; };
 struct BF16 { uint16_t bits; };
 template <> inline float to_float<Half>(Half v) { return half_to_float(v.bits); }
 template <> inline float to_float<BF16>(BF16 v) { return bfloat16_to_float(v.bits); }
+
+// Bit j set when !(v[j] <= c[j]) (above the cut, or NaN), for a block of 16.
+inline uint32_t above16(const float* v, const float* c) {
+#if defined(__SSE2__)
+  uint32_t m = 0;
+  for (int k = 0; k < 4; ++k)
+    m |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpnle_ps(_mm_loadu_ps(v + 4 * k),
+                                                             _mm_loadu_ps(c + 4 * k)))) << (4 * k);
+  return m;
+#else
+  uint32_t m = 0;
+  for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(!(v[j] <= c[j])) << j;
+  return m;
+#endif
+}
+
+inline uint32_t above16(const float* v, float c) {
+#if defined(__SSE2__)
+  const __m128 cc = _mm_set1_ps(c);
+  uint32_t m = 0;
+  for (int k = 0; k < 4; ++k)
+    m |= static_cast<uint32_t>(_mm_movemask_ps(_mm_cmpnle_ps(_mm_loadu_ps(v + 4 * k), cc))) << (4 * k);
+  return m;
+#else
+  uint32_t m = 0;
+  for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(!(v[j] <= c)) << j;
+  return m;
+#endif
+}
+
+// A block of 16 values as float: the input itself for float32, converted otherwise.
+template <typename T>
+inline const float* as_floats(const T* p, float* tmp) {
+  for (int j = 0; j < 16; ++j) tmp[j] = to_float<T>(p[j]);
+  return tmp;
+}
+template <>
+inline const float* as_floats<float>(const float* p, float*) { return p; }
 
 struct State {
   float* buf;
@@ -52,9 +93,11 @@ struct State {
     buf[u * capacity + kept[u]++] = v;
   }
 };
+// (Branch-free appends of whole 16-blocks measured slower: ~6% of values pass at q=0.99.)
 
-// Units [u0, u1) of rows g, units contiguous (S == 1, unit stride 1): blocks of 16 units share
-// a row segment, each with its own cut.
+// Units [u0, u1) of rows g, units contiguous (S == 1, unit stride 1): a row-major walk, each
+// block of 16 units compared with its 16 cuts at once. (Tiling the walk into unit panels, to
+// keep appends within fewer buffers, measured slower: the scan is the bandwidth-bound part.)
 template <typename T>
 void scan_rows(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
   const T* x = static_cast<const T*>(a.x);
@@ -62,14 +105,12 @@ void scan_rows(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
     const T* row = x + g * a.x_stride[0];
     int64_t u = u0;
     for (; u + kBlock <= u1; u += kBlock) {
-      float v[kBlock];
-      bool hit = false;
-      for (int64_t j = 0; j < kBlock; ++j) {
-        v[j] = to_float<T>(row[u + j]);
-        hit |= !(v[j] <= st.cut[u + j]);
+      float tmp[kBlock];
+      const float* v = as_floats<T>(row + u, tmp);
+      for (uint32_t hits = above16(v, st.cut + u); hits; hits &= hits - 1) {
+        const int j = __builtin_ctz(hits);
+        st.push(u + j, v[j]);
       }
-      if (hit)
-        for (int64_t j = 0; j < kBlock; ++j) st.push(u + j, v[j]);
     }
     for (; u < u1; ++u) st.push(u, to_float<T>(row[u]));
   }
@@ -85,15 +126,11 @@ void scan_unit(const QuantileFilterArgs& a, State& st, int64_t u) {
     int64_t s = 0;
     if (ss == 1) {
       for (; s + kBlock <= a.S; s += kBlock) {
-        const float c = st.cut[u];
-        float v[kBlock];
-        bool hit = false;
-        for (int64_t j = 0; j < kBlock; ++j) {
-          v[j] = to_float<T>(p[s + j]);
-          hit |= !(v[j] <= c);
-        }
-        if (hit)
-          for (int64_t j = 0; j < kBlock; ++j) st.push(u, v[j]);
+        float tmp[kBlock];
+        const float* v = as_floats<T>(p + s, tmp);
+        // in order, so a compaction mid-block raises the cut for the rest (push re-checks)
+        for (uint32_t hits = above16(v, st.cut[u]); hits; hits &= hits - 1)
+          st.push(u, v[__builtin_ctz(hits)]);
       }
     }
     for (; s < a.S; ++s) st.push(u, to_float<T>(p[s * ss]));

@@ -181,7 +181,7 @@ class QuantileSketch:
                 raise ValueError(f'q={v} is below min_quantile={self.min_quantile}: mode="exact" only '
                                  'keeps the upper tail (build the sketch with a lower min_quantile)')
         st, n = self._state, self._count
-        desc = st.sorted_desc()
+        masked = torch.where(st.valid_mask(), st.buffer, float("-inf"))
         cols = []
         for v in qs:
             vi = virtual_index(n, v)
@@ -201,18 +201,20 @@ class QuantileSketch:
                     f"{self.expected_count}) and {bad} units keep fewer than the {need_rank + 1} "
                     'largest values the quantile needs; build with a larger expected_count or '
                     'use mode="sketch"')
-            a = self._stat(desc, need_rank, st)
-            b = self._stat(desc, n - 1 - nxt, st)
+            a = self._stat(masked, need_rank, st)
+            b = self._stat(masked, n - 1 - nxt, st)
             diff = b - a
             cols.append(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)   # numpy _lerp
         out = torch.stack(cols, dim=1)
         return out[:, 0] if scalar else out
 
     @staticmethod
-    def _stat(desc: torch.Tensor, rank: int, st: TailState) -> torch.Tensor:
-        """Descending-rank order statistic per unit as float64; -inf past the kept values
-        (only reachable when the cut is -inf, i.e. only -inf values were dropped)."""
-        col = desc[:, min(rank, desc.shape[1] - 1)].double()
+    def _stat(masked: torch.Tensor, rank: int, st: TailState) -> torch.Tensor:
+        """Descending-rank order statistic per unit as float64 (a selection, not a sort: the
+        padding is -inf, so descending rank r is ascending position capacity-1-r); -inf past
+        the kept values (only reachable when the cut is -inf: only -inf values were dropped)."""
+        cap = masked.shape[1]
+        col = masked.kthvalue(cap - min(rank, cap - 1), dim=1).values.double()
         return torch.where(st.kept > rank, col, torch.full_like(col, float("-inf")))
 
     def cdf(self, values) -> torch.Tensor:

@@ -17,12 +17,12 @@ BLOCK_C = 1024    # buffer entries per compaction step
 def _filter_kernel(x_ptr, i_start, i_end, S, sg, su, ss, U,
                    buf_ptr, cap, kept_ptr, cut_ptr, nan_ptr,
                    BLOCK_I: tl.constexpr, BLOCK_U: tl.constexpr):
-    i = i_start + tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    i = tl.program_id(0).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I) + i_start   # int64
     u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     im = i < i_end
     um = u < U
-    g = (i // S).to(tl.int64)
-    s = (i % S).to(tl.int64)
+    g = i // S
+    s = i % S
     m = im[:, None] & um[None, :]
     off = g[:, None] * sg + s[:, None] * ss + u[None, :].to(tl.int64) * su
     v = tl.load(x_ptr + off, mask=m, other=float("-inf")).to(tl.float32)
@@ -54,7 +54,7 @@ def _compact_kernel(buf_ptr, kept_ptr, cut_ptr, limit, target, CAP: tl.constexpr
         bins = tl.arange(0, 256)
         prefix = tl.zeros((), tl.int64)
         remaining = tl.zeros((), tl.int64) + target
-        for p in range(4):
+        for p in tl.static_range(4):
             shift = 24 - 8 * p
             hist = tl.zeros((256,), tl.int32)
             for start in range(0, CAP, BLOCK):
