@@ -58,6 +58,21 @@ def test_exact_matches_numpy_rows(backend):
         assert torch.equal(s.rank_error_bound(), torch.zeros(U, dtype=torch.float64))
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled dissect_kernels._C")
+def test_exact_cpu_large_buffers():
+    """Buffers of >= 8192 values take the C++ sampled-pivot compaction (not nth_element)."""
+    N, U = 100_000, 5
+    x = relu_like((N, U), 29)
+    qs = [0.95, 0.99, 0.999]
+    s = QuantileSketch(U, mode="exact", min_quantile=0.95, expected_count=N, backend="cpu")
+    assert s._capacity_for(N) >= 8192
+    feed(s, x, 29, n_splits=9)
+    np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
+    t = QuantileSketch(U, mode="exact", min_quantile=0.95, expected_count=N, backend="torch")
+    feed(t, x, 30, n_splits=3)
+    np.testing.assert_array_equal(t.quantile(qs).numpy(), oracle(x, qs))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_matches_numpy_maps(backend):
     """[B, U, H, W]: every position is a sample; non-contiguous input (a permuted view)."""

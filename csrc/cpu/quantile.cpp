@@ -3,6 +3,7 @@
 #include "dissect_kernels/quantile.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <limits>
 
@@ -73,10 +74,41 @@ struct State {
   float* cut;
   int64_t* nan;
 
-  // Keep the `target` largest values (nth_element), raise the cut to the target-th largest.
+  // Make room: keep the top values, raise the cut. Fast path: a pivot c from a strided sample
+  // of the buffer (rank chosen a few sigma above target/n), one counting pass, and if at least
+  // `target` (and not too many) values are > c, one in-place pass keeping exactly those: every
+  // value > c kept, every dropped value <= c, so the kept values are still the top-kept
+  // multiset. Otherwise nth_element: exactly `target` values, cut = the target-th largest.
   inline void compact(int64_t u) {
     float* b = buf + u * capacity;
-    std::nth_element(b, b + (target - 1), b + kept[u], std::greater<float>());
+    const int64_t n = kept[u];
+    constexpr int64_t kSample = 1024;
+    if (n >= 8 * kSample) {
+      float smp[kSample];
+      const int64_t stride = n / kSample;
+      for (int64_t i = 0; i < kSample; ++i) smp[i] = b[i * stride];
+      const double f = static_cast<double>(target) / static_cast<double>(n);
+      const double want = f + 4.0 * std::sqrt(f * (1.0 - f) / kSample) + 2.0 / kSample;
+      const int64_t m = static_cast<int64_t>(want * kSample);
+      if (m < kSample) {
+        std::nth_element(smp, smp + m, smp + kSample, std::greater<float>());
+        const float c = smp[m];
+        int64_t above = 0;
+        for (int64_t i = 0; i < n; ++i) above += b[i] > c;
+        if (above >= target && above <= (target + capacity) / 2) {
+          int64_t w = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            const float x = b[i];
+            b[w] = x;
+            w += x > c;
+          }
+          cut[u] = c;
+          kept[u] = w;
+          return;
+        }
+      }
+    }
+    std::nth_element(b, b + (target - 1), b + n, std::greater<float>());
     cut[u] = b[target - 1];
     kept[u] = target;
   }
