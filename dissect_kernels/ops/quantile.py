@@ -28,6 +28,7 @@ class TailState:
 
     @staticmethod
     def empty(num_units: int, capacity: int, device) -> "TailState":
+        """A state that has seen nothing: kept 0, cut -inf."""
         return TailState(
             buffer=torch.full((num_units, capacity), float("-inf"), dtype=torch.float32, device=device),
             kept=torch.zeros(num_units, dtype=torch.int64, device=device),
@@ -37,17 +38,13 @@ class TailState:
 
     @property
     def capacity(self) -> int:
+        """Buffer slots per unit."""
         return self.buffer.shape[1]
 
     def valid_mask(self) -> torch.Tensor:
         """[U, capacity] bool: which buffer entries hold kept values."""
         idx = torch.arange(self.capacity, device=self.buffer.device)
         return idx[None, :] < self.kept[:, None]
-
-    def sorted_desc(self) -> torch.Tensor:
-        """Kept values per unit, descending, padded with -inf ([U, capacity])."""
-        masked = torch.where(self.valid_mask(), self.buffer, float("-inf"))
-        return masked.sort(dim=1, descending=True).values
 
 
 def as_gus(x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from dissect_kernels.ops import _checks
@@ -133,9 +134,8 @@ class QuantileSketch:
             if self._sketch is None:
                 self._sketch = self._make_sketch()
             flat = x if x.dim() == 2 else x.permute(0, 2, 3, 1).reshape(-1, self.num_units)
-            if x.device.type == "cpu":
-                _checks.not_nan("x", flat)
-            self._sketch.update(flat.float())
+            _checks.not_nan("x", flat)          # (a host sync; the sketch path is not the hot one)
+            self._sketch.update(flat.float().contiguous())
             return
         self._ensure_state(x.device)
         self._count += n
@@ -181,8 +181,7 @@ class QuantileSketch:
                 raise ValueError(f'q={v} is below min_quantile={self.min_quantile}: mode="exact" only '
                                  'keeps the upper tail (build the sketch with a lower min_quantile)')
         st, n = self._state, self._count
-        masked = torch.where(st.valid_mask(), st.buffer, float("-inf"))
-        cols = []
+        plan = []
         for v in qs:
             vi = virtual_index(n, v)
             if vi >= n - 1:
@@ -190,7 +189,6 @@ class QuantileSketch:
             else:
                 prev = math.floor(vi)
                 nxt = prev + 1
-            gamma = vi - prev
             need_rank = n - 1 - prev                       # descending rank of the lower stat
             short = st.kept <= need_rank
             known_all = st.cut == float("-inf")            # nothing > -inf was ever dropped
@@ -201,21 +199,34 @@ class QuantileSketch:
                     f"{self.expected_count}) and {bad} units keep fewer than the {need_rank + 1} "
                     'largest values the quantile needs; build with a larger expected_count or '
                     'use mode="sketch"')
-            a = self._stat(masked, need_rank, st)
-            b = self._stat(masked, n - 1 - nxt, st)
+            plan.append((need_rank, n - 1 - nxt, vi - prev))
+        stats = self._order_stats(st, {r for a, b, _ in plan for r in (a, b)})
+        cols = []
+        for ra, rb, gamma in plan:
+            a, b = stats[ra], stats[rb]
             diff = b - a
             cols.append(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)   # numpy _lerp
         out = torch.stack(cols, dim=1)
         return out[:, 0] if scalar else out
 
     @staticmethod
-    def _stat(masked: torch.Tensor, rank: int, st: TailState) -> torch.Tensor:
-        """Descending-rank order statistic per unit as float64 (a selection, not a sort: the
-        padding is -inf, so descending rank r is ascending position capacity-1-r); -inf past
-        the kept values (only reachable when the cut is -inf: only -inf values were dropped)."""
+    def _order_stats(st: TailState, ranks: set[int]) -> dict[int, torch.Tensor]:
+        """Descending-rank order statistics per unit as float64, by selection (numpy partition
+        on CPU, a sort on GPU); the -inf padding sorts first, so descending rank r is ascending
+        position capacity-1-r. Past the kept values: -inf (reachable only when the cut is -inf,
+        i.e. only -inf values were ever dropped)."""
+        masked = torch.where(st.valid_mask(), st.buffer, float("-inf"))
         cap = masked.shape[1]
-        col = masked.kthvalue(cap - min(rank, cap - 1), dim=1).values.double()
-        return torch.where(st.kept > rank, col, torch.full_like(col, float("-inf")))
+        pos = {r: cap - 1 - min(r, cap - 1) for r in ranks}
+        if masked.device.type == "cpu":
+            part = torch.from_numpy(np.partition(masked.numpy(), sorted(set(pos.values())), axis=1))
+        else:
+            part = masked.sort(dim=1).values
+        out = {}
+        for r, p in pos.items():
+            col = part[:, p].double()
+            out[r] = torch.where(st.kept > r, col, torch.full_like(col, float("-inf")))
+        return out
 
     def cdf(self, values) -> torch.Tensor:
         """Estimated fraction of values <= `values` per unit ([U] or [U, K]), float64.
@@ -241,8 +252,7 @@ class QuantileSketch:
     def rank_error_bound(self, q=None) -> torch.Tensor:
         """[U] bound on |rank error| of quantile(q) (default q = min_quantile): 0 in exact mode."""
         if self.mode == "sketch":
-            qq = self.min_quantile if q is None else float(q)
-            return self._sketch.rank_error_bound(torch.tensor([qq], dtype=torch.float64, device=self.device))
+            return self._sketch.rank_error_bound(self.min_quantile if q is None else float(q))
         dev = self.device or torch.device("cpu")
         return torch.zeros(self.num_units, dtype=torch.float64, device=dev)
 

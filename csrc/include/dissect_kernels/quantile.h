@@ -4,10 +4,15 @@
 // cut[u] with the invariant: the kept values are exactly the top-kept[u] values (as a
 // multiset) of everything seen so far, every kept value is >= cut[u], every dropped value is
 // <= cut[u]. The filter reads each input value once, appends it when v > cut[u], and when a
-// buffer fills it is re-compacted with nth_element to its `target` largest values, raising the
-// cut to the target-th largest. A value equal to the cut may be dropped: the buffer already
-// holds >= target values >= cut, so the top-m multiset of the stream is unchanged by it (any
-// kept copy of the cut value stands in for it) -- ties cost no exactness.
+// buffer fills it is re-compacted to at least its `target` largest values, raising the cut
+// (CPU: a sampled pivot c with >= target values above it, keeping exactly the values > c; else
+// nth_element, keeping exactly `target` with the cut at the target-th largest). A value equal
+// to the cut may be dropped: after the first compaction the buffer holds >= target values
+// >= cut, so the top-m multiset of the stream is unchanged by it (a kept copy of the cut value
+// stands in for it) and the ranks a query within expected_count needs are all kept -- ties
+// cost no exactness. (Before it, the cut is -inf and only -inf values are dropped; the
+// readout knows those ranks hold -inf.) Past expected_count the dropped ties are not counted,
+// so a unit whose tail is one repeated value loses exactness there; the readout says so.
 // NaN inputs are never kept; they are counted in nan_count[u] so the caller can refuse them.
 // -0.0 is stored as +0.0 (they compare equal; this keeps every backend's output bit-identical).
 #pragma once
@@ -26,7 +31,7 @@ struct QuantileFilterArgs {
   int64_t capacity = 0;
   int64_t* kept = nullptr;   // [U], 0 <= kept <= capacity
   float* cut = nullptr;      // [U], -inf before the first compaction
-  int64_t target = 0;        // values kept by a compaction, 0 < target < capacity
+  int64_t target = 0;        // a compaction keeps >= target values, 0 < target < capacity
   int64_t* nan_count = nullptr;  // [U], incremented per NaN seen
 };
 
