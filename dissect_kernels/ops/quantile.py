@@ -47,6 +47,17 @@ class TailState:
         return idx[None, :] < self.kept[:, None]
 
 
+def canonical_device(device) -> torch.device | None:
+    """torch.device with an explicit CUDA index ("cuda" -> "cuda:<current>"), so it compares
+    equal to the device of tensors living there."""
+    if device is None:
+        return None
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
 def as_gus(x: torch.Tensor) -> torch.Tensor:
     """View x [N, U] or [B, U, H, W] as [G, U, S] (samples are the (g, s) pairs); copies
     only when H, W cannot be flattened."""

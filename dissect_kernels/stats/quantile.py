@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from dissect_kernels.ops import _checks
-from dissect_kernels.ops.quantile import TailState, check_input, merge_states, quantile_filter
+from dissect_kernels.ops.quantile import (TailState, canonical_device, check_input, merge_states,
+                                          quantile_filter)
 
 DEFAULT_MAX_BYTES = 2 << 30        # exact-mode state budget: 2 GiB
 MIN_SLACK = 1024                   # free buffer slots beyond the target tail (per unit)
@@ -70,7 +71,7 @@ class QuantileSketch:
         self.slack = slack
         self.backend = backend
         self.seed = seed
-        self.device = None if device is None else torch.device(device)
+        self.device = canonical_device(device)
         self._count = 0
         self._state: TailState | None = None
         self._sketch = None

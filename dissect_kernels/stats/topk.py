@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dissect_kernels.ops import _checks
+from dissect_kernels.ops.quantile import canonical_device
 
 _PAD_INDEX = torch.iinfo(torch.int64).max
 
@@ -21,7 +22,7 @@ class TopK:
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         self.num_units, self.k = num_units, k
-        self.device = None if device is None else torch.device(device)
+        self.device = canonical_device(device)
         self.count = 0
         self._values = self._indices = None
         if self.device is not None:
