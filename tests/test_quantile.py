@@ -281,3 +281,85 @@ def test_triton_on_gpu_matches_numpy(shape):
     feed(s, x, 23, n_splits=7)
     assert s._state.buffer.is_cuda
     np.testing.assert_array_equal(s.quantile(QS).cpu().numpy(), oracle(x.cpu()))
+
+
+class _FakeTailSketch:
+    """Stands in for dissect_kernels.stats.tail_sketch.TailSketch (another engineer's module)
+    with its documented interface, storing every value: lets the delegation plumbing of
+    mode="sketch" be tested before the real module is merged."""
+
+    def __init__(self, num_units, *, device=None, seed=0):
+        self.num_units, self.device, self.seed = num_units, device, seed
+        self.data = torch.empty(0, num_units)
+        self.calls = []
+
+    @property
+    def count(self):
+        return self.data.shape[0]
+
+    def update(self, x):
+        assert x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+        self.calls.append(tuple(x.shape))
+        self.data = torch.cat([self.data, x])
+
+    def merge(self, other):
+        self.data = torch.cat([self.data, other.data])
+
+    def quantile(self, q):
+        assert isinstance(q, torch.Tensor) and q.dim() == 1
+        return torch.from_numpy(exact_quantile(self.data.numpy(), q.numpy()))
+
+    def cdf(self, values):
+        assert values.dim() == 2 and values.shape[0] == self.num_units
+        return torch.from_numpy(exact_cdf(self.data.numpy(), values.numpy()))
+
+    def rank_error_bound(self, q):
+        return torch.full((self.num_units,), 1e-5, dtype=torch.float64)
+
+    def state_dict(self):
+        return {"data": self.data.clone()}
+
+    def load_state_dict(self, sd):
+        self.data = sd["data"].clone()
+
+
+@pytest.fixture
+def fake_tail_sketch(monkeypatch):
+    import sys
+    import types
+    mod = types.ModuleType("dissect_kernels.stats.tail_sketch")
+    mod.TailSketch = _FakeTailSketch
+    monkeypatch.setitem(sys.modules, "dissect_kernels.stats.tail_sketch", mod)
+    return mod
+
+
+def test_sketch_mode_plumbing_with_a_stand_in(fake_tail_sketch, tmp_path):
+    """mode="sketch"/"auto" route update/quantile/cdf/merge/state_dict through TailSketch
+    (here a stand-in that is exact, so the answers are checkable)."""
+    B, U, H, W = 4, 6, 5, 7
+    x = relu_like((B, U, H, W), 31)
+    s = QuantileSketch(U)                                     # no expected_count -> sketch
+    assert s.mode == "sketch"
+    assert QuantileSketch(U, expected_count=10**9, max_bytes=2**20).mode == "sketch"  # over budget
+    x = torch.cat([x[:2], x[2:].half().float()])          # what the sketch is fed
+    s.update(x[:2])
+    s.update(x[2:].half())                                    # cast to float32 for TailSketch
+    assert s._sketch.calls == [(2 * H * W, U), (2 * H * W, U)] and s.count == B * H * W
+    flat = as_samples(x.numpy())
+    np.testing.assert_array_equal(s.quantile([0.5, 0.99]).numpy(), exact_quantile(flat, [0.5, 0.99]))
+    assert s.quantile(0.99).shape == (U,)
+    pts = s.quantile(0.9).float()
+    np.testing.assert_array_equal(s.cdf(pts).numpy(), exact_cdf(flat, pts[:, None].numpy())[:, 0])
+    assert s.rank_error_bound().shape == (U,)
+    save_file(s.state_dict(), str(tmp_path / "s.safetensors"))
+    t = QuantileSketch(U, mode="sketch")
+    t.load_state_dict(load_file(str(tmp_path / "s.safetensors")))
+    assert t.count == s.count
+    t.merge(s)
+    assert t.count == 2 * s.count
+    bad = x[:1].clone()
+    bad[0, 2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        t.update(bad)
+    with pytest.raises(ValueError, match="cannot merge"):
+        t.merge(QuantileSketch(U, mode="exact", expected_count=10))
