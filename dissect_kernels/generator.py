@@ -29,6 +29,8 @@ from dissect_kernels.reference.tally import upsample
 from dissect_kernels.results import DissectionResult, LayerResult
 from dissect_kernels.stats.iou_tally import IoUTally, iqr_from_table
 from dissect_kernels.stats.level_counts import LevelCounts
+from dissect_kernels.stats.quantile import QuantileSketch
+from dissect_kernels.stats.topk import TopK
 
 NUM_LEVELS = 100
 AGREEMENT = 0.8          # GD keeps a candidate level only if P(A and C) + P(not A and not C) > 0.8
@@ -142,40 +144,16 @@ def _batches(num_samples: int, batch_size: int, progress: bool, desc: str):
 # ---------------------------------------------------------------- quantiles
 
 
-def _quantile_sketch(U: int, expected: int, exact: bool, device, min_quantile: float = 0.0):
+def _quantile_sketch(U: int, expected: int, exact: bool, device, min_quantile: float = 0.0) -> QuantileSketch:
     """A QuantileSketch for quantiles >= min_quantile: exact when it fits the sketch's memory
     budget (mode="auto"), or the bounded-memory sketch (exact=False: GD's sketched levels)."""
-    try:
-        from dissect_kernels.stats.quantile import QuantileSketch
-    except ImportError:  # the sketch module has not landed: keep every value (exact)
-        return _AllValues(U, device)
-    return QuantileSketch(U, mode="auto" if exact else "sketch", min_quantile=min_quantile,
-                          expected_count=expected, device=device)
-
-
-class _AllValues:
-    """Exact per-unit quantiles by keeping every value (numpy 'linear' method). Memory grows
-    with the sample count; used only while dk.QuantileSketch is unavailable."""
-
-    def __init__(self, U: int, device):
-        self.U, self.parts = U, []
-
-    def update(self, x: torch.Tensor) -> None:
-        self.parts.append(x.transpose(0, 1).reshape(self.U, -1).float())
-
-    def quantile(self, q) -> torch.Tensor:
-        """[U, len(q)] float64, numpy.quantile(values, q, method="linear") bit for bit."""
-        v = torch.sort(torch.cat(self.parts, 1), dim=1).values.double()
-        n = v.shape[1]
-        cols = []
-        for p in q:
-            vi = (n - 1) * float(p)
-            lo = min(int(np.floor(vi)), n - 1)
-            hi = min(lo + 1, n - 1)
-            g = vi - lo
-            a, b = v[:, lo], v[:, hi]
-            cols.append(b - (b - a) * (1 - g) if g >= 0.5 else a + (b - a) * g)   # numpy's _lerp
-        return torch.stack(cols, 1)
+    if not exact:
+        try:
+            return QuantileSketch(U, mode="sketch", min_quantile=min_quantile, expected_count=expected,
+                                  device=device)
+        except ImportError:   # the sketch backend (stats.tail_sketch) is not installed: exact
+            pass
+    return QuantileSketch(U, mode="auto", min_quantile=min_quantile, expected_count=expected, device=device)
 
 
 # ---------------------------------------------------------------- IQR search
@@ -290,7 +268,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     t0 = time.perf_counter()
     tallies = {n: IoUTally(levels[n].shape[0], C, cat_of, num_categories=K, convention=conv, device=device)
                for n in layers}
-    top = {n: _TopK(top_k) for n in layers}
+    top = {n: TopK(levels[n].shape[0], top_k, device=device) for n in layers}
     for idx in _batches(num_samples, batch_size, progress, "gan pass 3: tally at thresholds"):
         acts, _, labels = run.batch(idx)
         for name, a in acts.items():
@@ -304,7 +282,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         max_iqr, pair_thr, label, unit_thr = search[name]
         iou, iqr = t.iou(), t.iqr()
         best_iou = iou.gather(1, label.clamp(min=0)[:, None])[:, 0]
-        tv, ti = top[name].result()
+        tv, ti = (t.cpu() for t in top[name].result())
         results[name] = LayerResult.build(
             name, iou, unit_thr, label, best_iou, concept_names=names, category_names=cat_names,
             category_of=cat_of, convention=conv, iqr=iqr, topk_indices=ti, topk_values=tv,
@@ -330,26 +308,6 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         save_results(out_dir, result)
         write_report(out_dir, result, title="GAN dissection report")
     return result
-
-
-class _TopK:
-    """Per unit the k samples with the highest score (descending; ties: lower index first)."""
-
-    def __init__(self, k: int):
-        self.k, self.values, self.indices = k, None, None
-
-    def update(self, scores: torch.Tensor, indices: torch.Tensor) -> None:
-        v = scores.t().float()                                      # [U, B]
-        i = indices[None].expand_as(v)
-        if self.values is not None:
-            v, i = torch.cat([self.values, v], 1), torch.cat([self.indices, i], 1)
-        order = torch.argsort(i, dim=1, stable=True)                # lower index first on ties
-        v, i = v.gather(1, order), i.gather(1, order)
-        keep = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :self.k]
-        self.values, self.indices = v.gather(1, keep), i.gather(1, keep)
-
-    def result(self):
-        return self.values.cpu(), self.indices.cpu().long()
 
 
 def save_exemplars(out_dir, run: _Run, result: DissectionResult, up, batch_size: int) -> None:
