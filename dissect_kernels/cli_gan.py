@@ -36,10 +36,13 @@ def add_gan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--convention", default="exact", choices=["exact", "gandissect"])
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the generator's device)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
+                   help="tally kernel backend (default: auto)")
+    p.add_argument("--top-k", type=int, default=None, help="exemplars per unit (default: the convention's)")
     p.add_argument("--out", type=Path, default=Path("results/gan"))
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run_gan)
+    p.set_defaults(run=run_gan, func=run_gan)   # the main CLI dispatches on `run`
     return p
 
 
@@ -85,7 +88,8 @@ def run_gan(args) -> int:
         raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
     result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
-                               out_dir=args.out, progress=progress)
+                               out_dir=args.out, progress=progress, backend=args.backend,
+                               top_k=args.top_k)
     lr = result.layers[layer]
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     add_gan_parser(sub)
     args = ap.parse_args(argv)
-    return args.func(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":
