@@ -282,7 +282,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         max_iqr, pair_thr, label, unit_thr = search[name]
         iou, iqr = t.iou(), t.iqr()
         best_iou = iou.gather(1, label.clamp(min=0)[:, None])[:, 0]
-        tv, ti = (t.cpu() for t in top[name].result())
+        tv, ti = (x.cpu() for x in top[name].result())
         results[name] = LayerResult.build(
             name, iou, unit_thr, label, best_iou, concept_names=names, category_names=cat_names,
             category_of=cat_of, convention=conv, iqr=iqr, topk_indices=ti, topk_values=tv,
@@ -318,7 +318,7 @@ def save_exemplars(out_dir, run: _Run, result: DissectionResult, up, batch_size:
     for name, lr in result.layers.items():
         if lr.topk_indices is None:
             continue
-        wanted = torch.unique(lr.topk_indices)
+        wanted = torch.unique(lr.topk_indices[lr.topk_indices >= 0])   # -1: fewer samples than k
         images, masks = {}, {}
         for s in range(0, len(wanted), batch_size):
             idx = wanted[s:s + batch_size]
@@ -328,6 +328,8 @@ def save_exemplars(out_dir, run: _Run, result: DissectionResult, up, batch_size:
             for j, i in enumerate(idx.tolist()):
                 images[i], masks[i] = pix[j], m[j].cpu()
         for u in range(lr.num_units):
-            ids = lr.topk_indices[u].tolist()
+            ids = [i for i in lr.topk_indices[u].tolist() if i >= 0]
+            if not ids:
+                continue
             lr.exemplar_strips[u] = save_strip(out_dir, name, u, torch.stack([images[i] for i in ids]),
                                                torch.stack([masks[i][u] for i in ids]), size=64)

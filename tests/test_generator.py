@@ -190,6 +190,16 @@ def test_out_dir_writes_results_report_and_strips(gan, tmp_path):
     assert "GAN dissection report" in (tmp_path / "report.html").read_text()
 
 
+def test_fewer_samples_than_exemplars(gan, tmp_path):
+    g, s, _ = gan
+    lr = dissect_generator(g, "layer3", s, num_samples=3, batch_size=2, progress=False,
+                           out_dir=tmp_path).layers["layer3"]                # exact: top 10
+    assert lr.topk_indices.shape == (24, 10)
+    assert sorted(lr.topk_indices[0, :3].tolist()) == [0, 1, 2]
+    assert bool((lr.topk_indices[:, 3:] == -1).all())
+    assert all((tmp_path / p).is_file() for p in lr.exemplar_strips.values())
+
+
 class _BadSegmenter:
     num_classes = 5
 
