@@ -1,0 +1,65 @@
+"""Planted truth for the drivers: an in-memory Broden-style dataset whose image channel 0 carries
+the label map, and a model whose units are smoothed, downsampled copies of known concept masks
+(plus noise units). Dissection must recover unit u <-> concept c."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class PlantedDataset:
+    """Random rectangles of concepts 1..C-1 on a 0 background; the image encodes the labels."""
+
+    category_names = ["object", "scene"]
+
+    def __init__(self, n_images: int = 48, size: int = 64, num_concepts: int = 7, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.size, self.label_size = size, size // 2
+        self.num_concepts = num_concepts
+        self.num_categories = 2
+        self.concept_names = ["-"] + [f"thing{c}" for c in range(1, num_concepts - 1)] + ["scene_a"]
+        self.category_of = torch.tensor([0] * (num_concepts - 1) + [1])
+        self.labels, self.scene = [], []
+        for _ in range(n_images):
+            lab = np.zeros((self.label_size, self.label_size), np.int32)
+            for c in rng.permutation(np.arange(1, num_concepts - 1))[:3]:
+                y, x = rng.integers(0, self.label_size - 8, 2)
+                hh, ww = rng.integers(4, 9, 2)
+                lab[y:y + hh, x:x + ww] = c
+            self.labels.append(lab)
+            self.scene.append(num_concepts - 1 if rng.random() < 0.5 else 0)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        lab = torch.from_numpy(self.labels[i])
+        img = lab.float().repeat_interleave(2, 0).repeat_interleave(2, 1)
+        return dict(image=torch.stack([img, img * 0, img * 0]), labels=lab[None].clone(),
+                    image_labels=torch.tensor([self.scene[i]], dtype=torch.int32), index=i)
+
+    def load_image_uint8(self, i):
+        lab = self.labels[i].repeat(2, 0).repeat(2, 1)
+        return np.stack([lab * 30 % 256] * 3, axis=-1).astype(np.uint8)
+
+
+class Planted(nn.Module):
+    """Layer `units`: unit j < len(concepts) is avgpool4(image == concepts[j]) + tiny noise;
+    the rest are smooth noise."""
+
+    def __init__(self, concepts=(1, 2, 3, 4), noise_units: int = 3):
+        super().__init__()
+        self.concepts = list(concepts)
+        self.noise_units = noise_units
+        self.units = nn.Identity()
+        self.head = nn.Conv2d(len(concepts) + noise_units, 2, 1)
+
+    def forward(self, x):
+        g = torch.Generator().manual_seed(int(x.sum().item()) % 1000)
+        maps = [(x[:, 0] == c).float() for c in self.concepts]
+        planted = nn.functional.avg_pool2d(torch.stack(maps, 1), 4)
+        planted = planted + 1e-3 * torch.rand(planted.shape, generator=g)
+        noise = nn.functional.avg_pool2d(torch.rand(x.shape[0], self.noise_units, *x.shape[-2:],
+                                                     generator=g), 4)
+        return self.head(self.units(torch.cat([planted, noise], 1)))
