@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dissect_kernels.data.errors import CorruptSampleError
 
@@ -49,14 +49,17 @@ class SampleLoader:
     """Iterable of Batch over a Broden-style dataset; `skipped` maps index -> reason."""
 
     def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
-                 drop_categories: tuple[str, ...] = ()):
+                 drop_categories: tuple[str, ...] = (), meta=None):
+        """`meta` supplies concept/category attributes when `dataset` is a Subset of it."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        meta = dataset if meta is None else meta
         self.dataset = dataset
-        self.num_concepts = int(dataset.num_concepts)
-        self.num_categories = int(dataset.num_categories)
-        self.category_of = torch.as_tensor(dataset.category_of, dtype=torch.int64)
-        names = list(dataset.category_names)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.num_concepts = int(meta.num_concepts)
+        self.num_categories = int(meta.num_categories)
+        self.category_of = torch.as_tensor(meta.category_of, dtype=torch.int64)
+        names = list(meta.category_names)
         self.keep = torch.ones(self.num_concepts, dtype=torch.bool)
         for k in [names.index(c) for c in drop_categories if c in names]:
             self.keep &= self.category_of != k
@@ -64,18 +67,22 @@ class SampleLoader:
         self.keep[0] = False
         self.skipped: dict[int, str] = {}
         self.filtered: set[int] = set()
-        self._loader = DataLoader(_Guarded(dataset), batch_size=batch_size, shuffle=False,
-                                  num_workers=num_workers, collate_fn=_split)
 
     def __len__(self):
-        return len(self._loader)
+        return -(-len(self.dataset) // self.batch_size)
+
+    def iterate(self, start_batch: int = 0):
+        """Batches from `start_batch` on (None for a batch with no usable sample), so a resumed
+        pass lines up with the batches it already counted."""
+        rest = range(start_batch * self.batch_size, len(self.dataset))
+        loader = DataLoader(Subset(_Guarded(self.dataset), rest), batch_size=self.batch_size,
+                            shuffle=False, num_workers=self.num_workers, collate_fn=_split)
+        for items, bad in loader:
+            self.skipped.update(bad)
+            yield self._stack(items)
 
     def __iter__(self):
-        for items, bad in self._loader:
-            self.skipped.update(bad)
-            batch = self._stack(items)
-            if batch is not None:
-                yield batch
+        return (b for b in self.iterate() if b is not None)
 
     def _stack(self, items) -> Batch | None:
         if not items:
