@@ -79,6 +79,7 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
     if out_dir is not None and ddp.rank() == 0:
         from dissect_kernels.report import write_report
         from dissect_kernels.results import save_results
+        save_exemplar_strips(out_dir, result, run)
         save_results(out_dir, result)
         if report:
             write_report(out_dir, result)
@@ -133,8 +134,6 @@ class DissectionRun:
 
     # ---------------------------------------------------------------- passes
     def run(self):
-        from dissect_kernels.results import DissectionResult
-
         started = time.time()
         restored = self._restore()
         phase, done = (restored or {}).get("phase", 1), (restored or {}).get("batches", 0)
@@ -149,7 +148,7 @@ class DissectionRun:
             ddp.merge_across_ranks(s.tally)
             self._gather_masks(s)
         self.seconds = time.time() - started
-        return DissectionResult.from_dissection(self)
+        return build_result(self)
 
     def _stream(self, phase: int, skip: int, step) -> None:
         desc = "pass 1/2 quantiles" if phase == 1 else "pass 2/2 tally"
@@ -325,3 +324,59 @@ class DissectionRun:
         self.loader.skipped.update({int(k): v for k, v in progress["skipped"].items()})
         self.loader.filtered.update(progress["filtered"])
         return progress
+
+
+def build_result(run: DissectionRun):
+    """The DissectionResult of a finished run (labels, detectors, thresholds, counts, top-k)."""
+    from dissect_kernels.results import DissectionResult, LayerResult
+
+    ds = run.dataset
+    layers = []
+    for s in run.states:
+        label, best = s.tally.best()
+        iqr = s.tally.iqr() if run.conv.detector_iqr is not None else None
+        values, indices = s.topk.result()
+        layers.append(LayerResult.build(
+            s.name, s.tally.iou(), s.thresholds, label, best, iqr=iqr,
+            concept_names=ds.concept_names, category_names=ds.category_names,
+            category_of=run.loader.category_of, convention=run.conv,
+            counts=s.tally.state_dict(), topk_indices=indices, topk_values=values,
+            rotation=s.rotation,
+            rotation_info={} if s.rotation_seed is None else {"seed": s.rotation_seed, "of": s.source}))
+    skipped = dict(run.loader.skipped)
+    reasons = {}
+    if skipped:
+        reasons["unreadable"] = len(skipped)
+    if run.loader.filtered:
+        reasons["no labels in the convention's categories"] = len(run.loader.filtered)
+    return DissectionResult(
+        layers, convention=run.conv.name,
+        model={"class": type(run.model).__name__, "layers": run.layers},
+        dataset={"type": type(ds).__name__, "images": len(ds),
+                 "root": str(getattr(ds, "root", ""))},
+        parameters={"quantile": run.q, "top_k": run.k, "backend": run.backend,
+                    "quantile_mode": run.quantile_mode, "device": str(run.device)},
+        skipped=len(skipped) + len(run.loader.filtered), skip_reasons=reasons,
+        timing={"total": run.seconds})
+
+
+def save_exemplar_strips(out_dir, result, run: DissectionRun) -> None:
+    """Render each unit's top-k images with its thresholded mask (report strips)."""
+    from dissect_kernels.report.exemplars import save_strip
+
+    cache: dict[int, object] = {}
+
+    def image(i: int):
+        if i not in cache:
+            cache[i] = run.dataset.load_image_uint8(i)
+        return cache[i]
+
+    for s in run.states:
+        lr = result.layers[s.name]
+        for u, row in enumerate(lr.topk_indices.tolist()):
+            keys = [(u, int(i)) for i in row if i >= 0 and (u, int(i)) in s.exemplar_masks]
+            if not keys:
+                continue
+            images = [image(i) for _, i in keys]
+            masks = torch.stack([s.exemplar_masks[k] for k in keys]).numpy()
+            lr.exemplar_strips[u] = save_strip(out_dir, s.name, u, images, masks)
