@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
@@ -377,6 +378,6 @@ def save_exemplar_strips(out_dir, result, run: DissectionRun) -> None:
             keys = [(u, int(i)) for i in row if i >= 0 and (u, int(i)) in s.exemplar_masks]
             if not keys:
                 continue
-            images = [image(i) for _, i in keys]
+            images = np.stack([image(i) for _, i in keys])
             masks = torch.stack([s.exemplar_masks[k] for k in keys]).numpy()
             lr.exemplar_strips[u] = save_strip(out_dir, s.name, u, images, masks)
