@@ -1,4 +1,6 @@
-"""Loading the native modules and choosing a backend ("auto" -> cuda -> triton -> cpu)."""
+"""Loading the native modules and choosing a backend ("auto" -> cuda -> triton -> cpu ->
+torch -> reference). "torch" is a vectorised pure-PyTorch backend that runs on any device,
+for cheap ops (label_stats, segment_stats) where a custom kernel buys nothing."""
 from __future__ import annotations
 
 import importlib
@@ -7,7 +9,7 @@ from functools import lru_cache
 
 import torch
 
-BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "torch", "reference")
 
 
 @lru_cache(maxsize=None)
@@ -34,7 +36,7 @@ def triton_interpreted() -> bool:
 
 def available(backend: str, device: torch.device) -> bool:
     """Whether `backend` can run on tensors living on `device`."""
-    if backend == "reference":
+    if backend in ("reference", "torch"):
         return True
     if backend == "cpu":
         return device.type == "cpu" and native("_C") is not None
@@ -52,7 +54,7 @@ def resolve(backend: str, device: torch.device, supported: tuple[str, ...]) -> s
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         order = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-        for name in order + ("reference",):
+        for name in order + ("torch", "reference"):
             if name in supported and available(name, device):
                 return name
         raise RuntimeError(f"no backend for device {device}")
