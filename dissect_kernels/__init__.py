@@ -1,5 +1,8 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
 from dissect_kernels.geometry import Geometry
+from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
+from dissect_kernels.intervene import AblationResult, classifier_ablation, intervene, plot_ablation
+from dissect_kernels.ops.edit import edit, edit_
 from dissect_kernels.ops.label_stats import LabelStats, label_stats
 from dissect_kernels.ops.segment_stats import segment_stats
 from dissect_kernels.ops.tally import TallyResult, tally
@@ -7,7 +10,9 @@ from dissect_kernels.results import DissectionResult, LayerResult, load_results,
 from dissect_kernels.stats.iou_tally import IoUTally
 
 __all__ = [
-    "DissectionResult", "Geometry", "IoUTally", "LabelStats", "LayerResult", "TallyResult",
-    "label_stats", "load_results", "save_results", "segment_stats", "tally",
+    "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
+    "LayerResult", "StopForward", "TallyResult", "Trace", "TraceDict", "classifier_ablation",
+    "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
+    "run_layers", "save_results", "segment_stats", "tally",
 ]
 __version__ = "0.1.0"
