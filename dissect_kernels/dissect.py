@@ -138,6 +138,8 @@ class DissectionRun:
         started = time.time()
         restored = self._restore()
         phase, done = (restored or {}).get("phase", 1), (restored or {}).get("batches", 0)
+        if restored and self.progress and ddp.rank() == 0:
+            tqdm.write(f"resuming from checkpoint: pass {phase}/2, batch {done}/{len(self.loader)}")
         with torch.no_grad():
             if phase == 1:
                 self._stream(1, done, self._quantile_step)

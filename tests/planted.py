@@ -9,11 +9,14 @@ from torch import nn
 
 
 class PlantedDataset:
-    """Random rectangles of concepts 1..C-1 on a 0 background; the image encodes the labels."""
+    """Concepts 1..4 as 8x8 squares, one per quadrant in a random order and offset (each covers
+    exactly 1/16 of every label map); concept 5 is a scene label of half the images. Image
+    channel 0 holds the label map at twice the resolution."""
 
     category_names = ["object", "scene"]
+    COVERAGE = 1 / 16
 
-    def __init__(self, n_images: int = 48, size: int = 64, num_concepts: int = 7, seed: int = 0):
+    def __init__(self, n_images: int = 48, size: int = 64, num_concepts: int = 6, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.size, self.label_size = size, size // 2
         self.num_concepts = num_concepts
@@ -23,15 +26,21 @@ class PlantedDataset:
         self.labels, self.scene = [], []
         for _ in range(n_images):
             lab = np.zeros((self.label_size, self.label_size), np.int32)
-            for c in rng.permutation(np.arange(1, num_concepts - 1))[:3]:
-                y, x = rng.integers(0, self.label_size - 8, 2)
-                hh, ww = rng.integers(4, 9, 2)
-                lab[y:y + hh, x:x + ww] = c
+            q = self.label_size // 2
+            for c, (qy, qx) in zip(rng.permutation(np.arange(1, 5)), [(0, 0), (0, 1), (1, 0), (1, 1)]):
+                y, x = qy * q + 2 * rng.integers(0, (q - 8) // 2 + 1), qx * q + 2 * rng.integers(0, (q - 8) // 2 + 1)
+                lab[y:y + 8, x:x + 8] = c
             self.labels.append(lab)
             self.scene.append(num_concepts - 1 if rng.random() < 0.5 else 0)
 
     def __len__(self):
         return len(self.labels)
+
+    def midgap_quantile(self, positions_per_image: int) -> float:
+        """The quantile whose linear interpolation lands halfway between the background values
+        and the planted response (1/16 of all positions): T ~ 0.5, so the mask is the square."""
+        n = len(self) * positions_per_image
+        return (n * (1 - self.COVERAGE) - 0.5) / (n - 1)
 
     def __getitem__(self, i):
         lab = torch.from_numpy(self.labels[i])
