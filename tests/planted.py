@@ -65,10 +65,13 @@ class Planted(nn.Module):
         self.head = nn.Conv2d(len(concepts) + noise_units, 2, 1)
 
     def forward(self, x):
-        g = torch.Generator().manual_seed(int(x.sum().item()) % 1000)
         maps = [(x[:, 0] == c).float() for c in self.concepts]
         planted = nn.functional.avg_pool2d(torch.stack(maps, 1), 4)
-        planted = planted + 1e-3 * torch.rand(planted.shape, generator=g)
-        noise = nn.functional.avg_pool2d(torch.rand(x.shape[0], self.noise_units, *x.shape[-2:],
-                                                     generator=g), 4)
-        return self.head(self.units(torch.cat([planted, noise], 1)))
+        noise = torch.stack([self._noise(img) for img in x])   # per image: batching-independent
+        planted = planted + 1e-3 * noise[:, :len(self.concepts), ::4, ::4]
+        smooth = nn.functional.avg_pool2d(noise[:, len(self.concepts):], 4)
+        return self.head(self.units(torch.cat([planted, smooth], 1)))
+
+    def _noise(self, img):
+        g = torch.Generator().manual_seed(int(img.sum().item() * 7919) % 1_000_003)
+        return torch.rand(len(self.concepts) + self.noise_units, *img.shape[-2:], generator=g)
