@@ -26,7 +26,8 @@ from dissect_kernels.data.loading import SampleLoader
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.reference.tally import upsample
 from dissect_kernels.stats.iou_tally import IoUTally
-from dissect_kernels.stats.quantile import QuantileSketch, TopK
+from dissect_kernels.stats.quantile import QuantileSketch
+from dissect_kernels.stats.topk import TopK
 
 ACCUMULATORS = ("sketch", "topk", "tally")
 
