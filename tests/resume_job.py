@@ -19,6 +19,7 @@ class Slow(Planted):
 
 
 if __name__ == "__main__":
+    torch.manual_seed(0)  # the model weights are part of the checkpoint key
     data = PlantedDataset(n_images=64)
     q = float(sys.argv[2])
     dk.dissect(Slow(), "units", data, quantile=q, batch_size=8, out_dir=sys.argv[1],
