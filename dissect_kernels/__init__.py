@@ -1,5 +1,6 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
 from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
+from dissect_kernels.dissect import dissect
 from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
@@ -16,7 +17,7 @@ from dissect_kernels.stats.topk import TopK
 __all__ = [
     "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
     "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
-    "LayerResult", "QuantileSketch", "StopForward", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation",
+    "LayerResult", "QuantileSketch", "StopForward", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
     "run_layers", "save_results", "segment_stats", "tally",
 ]
