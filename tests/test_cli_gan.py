@@ -1,8 +1,9 @@
-"""`dissect-kernels gan` end to end on the shipped tiny generator (small sample counts)."""
+"""`dissect-kernels gan` (registered in dissect_kernels.cli) end to end on the shipped tiny
+generator, small sample counts."""
 import pytest
 import torch
 
-from dissect_kernels.cli_gan import main
+from dissect_kernels.cli import main
 from dissect_kernels.models.tiny_gan import tiny_gan_info
 from dissect_kernels.results import load_results
 
