@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dissect_kernels import distributed as ddp
 from dissect_kernels import hooks
 from dissect_kernels.conventions import get_convention
 from dissect_kernels.geometry import Geometry
@@ -134,11 +135,13 @@ class _Run:
         return acts, images, segment(self.segmenter, images, self.num_classes)
 
 
-def _batches(num_samples: int, batch_size: int, progress: bool, desc: str):
+def _batches(samples, batch_size: int, progress: bool, desc: str):
+    """Index tensors of at most batch_size over range(samples) (an int) or a list of indices."""
     from tqdm.auto import tqdm
-    starts = range(0, num_samples, batch_size)
+    idx = torch.arange(samples) if isinstance(samples, int) else torch.as_tensor(list(samples), dtype=torch.int64)
+    starts = range(0, len(idx), batch_size)
     for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield torch.arange(s, min(num_samples, s + batch_size))
+        yield idx[s:s + batch_size]
 
 
 # ---------------------------------------------------------------- quantiles
@@ -196,7 +199,9 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     convention "exact" (exact quantiles) or "gandissect" (quantile sketch, GD's detector rule).
     Returns a DissectionResult (thresholds [U] = each unit's IQR-chosen threshold; iou/iqr at it;
     counts: intersection, truth, activation, search_iqr, search_threshold, quantile_iou); with
-    out_dir also saves results, exemplar strips and report.html there."""
+    out_dir also saves results, exemplar strips and report.html there. Under torch.distributed
+    each rank takes a contiguous shard of the sample indices and the accumulators merge across
+    ranks after every pass (every rank returns the merged result; rank 0 writes)."""
     conv = get_convention(convention)
     if conv.geometry == "receptive-field":
         raise ValueError(f"convention {conv.name!r} needs receptive-field geometry, which GAN "
@@ -211,6 +216,10 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if ddp.world_size() > num_samples:
+        raise ValueError(f"num_samples={num_samples} is smaller than the {ddp.world_size()} ranks")
+    shard = ddp.shard_indices(num_samples)            # this rank's samples (all without torchrun)
+    progress = progress and ddp.rank() == 0
     C, names, cat_names, cat_of = segmenter_info(segmenter)
     K = len(cat_names)
     if device is None:
@@ -229,13 +238,15 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     # Pass 1: quantiles of the upsampled maps.
     t0 = time.perf_counter()
     sketches = {}
-    for idx in _batches(num_samples, batch_size, progress, "gan pass 1: quantiles"):
+    for idx in _batches(shard, batch_size, progress, "gan pass 1: quantiles"):
         acts, _, labels = run.batch(idx)
         for name, a in acts.items():
             if name not in sketches:
                 expected = num_samples * labels.shape[2] * labels.shape[3]
                 sketches[name] = _quantile_sketch(a.shape[1], expected, conv.name == "exact", device)
             sketches[name].update(up(a, labels))
+    for sk in sketches.values():
+        ddp.merge_across_ranks(sk)
     fracs = level_fractions()
     qs = [1.0 - float(f) for f in fracs] + [float(conv.quantile)]
     levels, qthr = {}, {}
@@ -249,11 +260,14 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     lc = {n: LevelCounts(levels[n], C, cat_of, num_categories=K, device=device) for n in layers}
     qtally = {n: IoUTally(levels[n].shape[0], C, cat_of, num_categories=K, convention=conv, device=device)
               for n in layers}
-    for idx in _batches(num_samples, batch_size, progress, "gan pass 2: level counts"):
+    for idx in _batches(shard, batch_size, progress, "gan pass 2: level counts"):
         acts, _, labels = run.batch(idx)
         for name, a in acts.items():
             lc[name].update(up(a, labels), labels)
             qtally[name].update(a, qthr[name], labels, backend=backend)
+    for name in layers:
+        ddp.merge_across_ranks(lc[name])
+        ddp.merge_across_ranks(qtally[name])
     timing["level_counts"] = time.perf_counter() - t0
 
     # IQR search, labels and per-unit thresholds.
@@ -269,11 +283,14 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     tallies = {n: IoUTally(levels[n].shape[0], C, cat_of, num_categories=K, convention=conv, device=device)
                for n in layers}
     top = {n: TopK(levels[n].shape[0], top_k, device=device) for n in layers}
-    for idx in _batches(num_samples, batch_size, progress, "gan pass 3: tally at thresholds"):
+    for idx in _batches(shard, batch_size, progress, "gan pass 3: tally at thresholds"):
         acts, _, labels = run.batch(idx)
         for name, a in acts.items():
             res = tallies[name].update(a, search[name][3], labels, backend=backend)
             top[name].update(res.max, idx.to(res.max.device))
+    for name in layers:
+        ddp.merge_across_ranks(tallies[name])
+        ddp.merge_across_ranks(top[name])
     timing["tally"] = time.perf_counter() - t0
 
     results = {}
@@ -299,7 +316,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         parameters={"batch_size": batch_size, "layers": layers, "quantile": conv.quantile,
                     "levels": NUM_LEVELS, "agreement": AGREEMENT, "top_k": top_k},
         timing=timing)
-    if out_dir is not None:
+    if out_dir is not None and ddp.rank() == 0:        # rank 0 writes; z is a function of the index
         from dissect_kernels.report import write_report
         from dissect_kernels.results import save_results
         t0 = time.perf_counter()
@@ -307,6 +324,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         result.timing["exemplars"] = time.perf_counter() - t0
         save_results(out_dir, result)
         write_report(out_dir, result, title="GAN dissection report")
+    ddp.barrier()
     return result
 
 
