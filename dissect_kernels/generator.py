@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from dissect_kernels import distributed as ddp
 from dissect_kernels import hooks
+from dissect_kernels.checkpoint import Checkpointer, content_hash
 from dissect_kernels.conventions import get_convention
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.reference.tally import upsample
@@ -192,7 +194,8 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
                       num_samples: int, seed: int = 0, z_sampler: Callable | None = None,
                       z_dim: int | None = None, convention: str = "exact", batch_size: int = 32,
                       device=None, out_dir=None, progress: bool = True, backend: str = "auto",
-                      top_k: int | None = None) -> DissectionResult:
+                      top_k: int | None = None, resume: bool = True,
+                      checkpoint_interval: float = 120.0) -> DissectionResult:
     """GAN dissection of `layers` of `generator` on num_samples z (z_i depends only on (seed, i),
     or z_sampler(indices) -> z). segmenter(images) -> class ids [B, (L,) H, W] with attribute
     num_classes (optional concept_names, category_names, category_of); class 0 = background.
@@ -201,7 +204,9 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     counts: intersection, truth, activation, search_iqr, search_threshold, quantile_iou); with
     out_dir also saves results, exemplar strips and report.html there. Under torch.distributed
     each rank takes a contiguous shard of the sample indices and the accumulators merge across
-    ranks after every pass (every rank returns the merged result; rank 0 writes)."""
+    ranks after every pass (every rank returns the merged result; rank 0 writes). With out_dir,
+    accumulators are checkpointed every checkpoint_interval seconds and at pass boundaries; a
+    rerun with identical inputs resumes (resume=False starts over); a changed input starts over."""
     conv = get_convention(convention)
     if conv.geometry == "receptive-field":
         raise ValueError(f"convention {conv.name!r} needs receptive-field geometry, which GAN "
@@ -235,39 +240,113 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         ytab, xtab = (t.to(acts.device) for t in geometry.tables(tuple(acts.shape[2:]), tuple(labels.shape[2:])))
         return upsample(acts, ytab, xtab)
 
+    # Checkpoints: every accumulator under out_dir/.checkpoint/gan-rank<r>, keyed by a hash of
+    # every input; a rerun with the same inputs resumes at the last saved batch.
+    ck = None
+    if out_dir is not None:
+        key = content_hash(generator, layers=layers, num_samples=num_samples, seed=seed,
+                           z_sampler=None if z_sampler is None else getattr(z_sampler, "__qualname__", repr(z_sampler)),
+                           z_dim=z_dim, convention=conv.name, batch_size=batch_size, top_k=top_k,
+                           segmenter=[type(segmenter).__qualname__, C, names, cat_names, cat_of.tolist()],
+                           rank=ddp.rank(), world=ddp.world_size())
+        ck = Checkpointer(Path(out_dir) / ".checkpoint" / f"gan-rank{ddp.rank()}", key, checkpoint_interval)
+        if not resume:
+            ck.clear()
+    acc: dict[str, dict] = {k: {} for k in ("sketch", "lc", "qtally", "tally", "top")}
+    shapes: dict[str, list[int]] = {}
+    levels, qthr = {}, {}
+
+    def new_sketch(name, U, H, W):
+        shapes[name] = [U, H, W]
+        acc["sketch"][name] = _quantile_sketch(U, num_samples * H * W, conv.name == "exact", device)
+
+    def new_pass2():
+        for n in layers:
+            acc["lc"][n] = LevelCounts(levels[n], C, cat_of, num_categories=K, device=device)
+            acc["qtally"][n] = IoUTally(shapes[n][0], C, cat_of, num_categories=K, convention=conv, device=device)
+
+    def new_pass3():
+        for n in layers:
+            acc["tally"][n] = IoUTally(shapes[n][0], C, cat_of, num_categories=K, convention=conv, device=device)
+            acc["top"][n] = TopK(shapes[n][0], top_k, device=device)
+
+    def tensors():
+        out = {f"{n}/levels": v for n, v in levels.items()}
+        out.update({f"{n}/qthr": v for n, v in qthr.items()})
+        for kind, objs in acc.items():
+            for n, obj in objs.items():
+                out.update({f"{n}/{kind}/{k}": v for k, v in obj.state_dict().items()})
+        return out
+
+    def save(phase, batches, now=False):
+        if ck is not None:
+            prog = {"phase": phase, "batches": batches, "shapes": shapes}
+            ck.save(prog, tensors()) if now else ck.maybe_save(prog, tensors)
+
+    phase, done = 1, 0
+    loaded = ck.load() if ck is not None else None
+    if loaded is not None:
+        prog, saved = loaded
+        phase, done = int(prog["phase"]), int(prog["batches"])
+        for n, (U, H, W) in prog["shapes"].items():
+            new_sketch(n, U, H, W)
+        for n in layers:
+            if f"{n}/levels" in saved:
+                levels[n], qthr[n] = saved[f"{n}/levels"].to(device), saved[f"{n}/qthr"].to(device)
+        if phase >= 2:
+            new_pass2()
+        if phase >= 3:
+            new_pass3()
+        for kind, objs in acc.items():
+            for n, obj in objs.items():
+                part = {k[len(f"{n}/{kind}/"):]: v.to(device) for k, v in saved.items()
+                        if k.startswith(f"{n}/{kind}/")}
+                if part:
+                    obj.load_state_dict(part)
+        if progress:
+            print(f"resuming GAN dissection from its checkpoint: pass {phase}/3, batch {done}")
+
+    def stream(p, desc, step):
+        skip = done if phase == p else 0
+        for i, idx in enumerate(_batches(shard[skip * batch_size:], batch_size, progress, desc), start=skip):
+            acts, _, labels = run.batch(idx)
+            step(idx, acts, labels)
+            save(p, i + 1)
+
     # Pass 1: quantiles of the upsampled maps.
     t0 = time.perf_counter()
-    sketches = {}
-    for idx in _batches(shard, batch_size, progress, "gan pass 1: quantiles"):
-        acts, _, labels = run.batch(idx)
-        for name, a in acts.items():
-            if name not in sketches:
-                expected = num_samples * labels.shape[2] * labels.shape[3]
-                sketches[name] = _quantile_sketch(a.shape[1], expected, conv.name == "exact", device)
-            sketches[name].update(up(a, labels))
-    for sk in sketches.values():
-        ddp.merge_across_ranks(sk)
-    fracs = level_fractions()
-    qs = [1.0 - float(f) for f in fracs] + [float(conv.quantile)]
-    levels, qthr = {}, {}
-    for name, sk in sketches.items():
-        values = sk.quantile(qs).to(device).float()                    # [U, NL + 1]
-        levels[name], qthr[name] = values[:, :NUM_LEVELS].contiguous(), values[:, NUM_LEVELS].contiguous()
+    if phase == 1:
+        def step1(idx, acts, labels):
+            for name, a in acts.items():
+                if name not in acc["sketch"]:
+                    new_sketch(name, a.shape[1], labels.shape[2], labels.shape[3])
+                acc["sketch"][name].update(up(a, labels))
+        stream(1, "gan pass 1: quantiles", step1)
+        qs = [1.0 - float(f) for f in level_fractions()] + [float(conv.quantile)]
+        for name, sk in acc["sketch"].items():
+            ddp.merge_across_ranks(sk)
+            values = sk.quantile(qs).to(device).float()                # [U, NL + 1]
+            levels[name], qthr[name] = values[:, :NUM_LEVELS].contiguous(), values[:, NUM_LEVELS].contiguous()
+        acc["sketch"].clear()
+        new_pass2()
+        save(2, 0, now=True)
+    acc["sketch"].clear()
     timing["quantiles"] = time.perf_counter() - t0
 
     # Pass 2: exact counts above the levels; IoU at the fixed quantile.
     t0 = time.perf_counter()
-    lc = {n: LevelCounts(levels[n], C, cat_of, num_categories=K, device=device) for n in layers}
-    qtally = {n: IoUTally(levels[n].shape[0], C, cat_of, num_categories=K, convention=conv, device=device)
-              for n in layers}
-    for idx in _batches(shard, batch_size, progress, "gan pass 2: level counts"):
-        acts, _, labels = run.batch(idx)
-        for name, a in acts.items():
-            lc[name].update(up(a, labels), labels)
-            qtally[name].update(a, qthr[name], labels, backend=backend)
-    for name in layers:
-        ddp.merge_across_ranks(lc[name])
-        ddp.merge_across_ranks(qtally[name])
+    lc, qtally = acc["lc"], acc["qtally"]
+    if phase <= 2:
+        def step2(idx, acts, labels):
+            for name, a in acts.items():
+                lc[name].update(up(a, labels), labels)
+                qtally[name].update(a, qthr[name], labels, backend=backend)
+        stream(2, "gan pass 2: level counts", step2)
+        for name in layers:
+            ddp.merge_across_ranks(lc[name])
+            ddp.merge_across_ranks(qtally[name])
+        new_pass3()
+        save(3, 0, now=True)
     timing["level_counts"] = time.perf_counter() - t0
 
     # IQR search, labels and per-unit thresholds.
@@ -280,14 +359,13 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
 
     # Pass 3: exact counts at each unit's threshold; top-k samples by per-sample max.
     t0 = time.perf_counter()
-    tallies = {n: IoUTally(levels[n].shape[0], C, cat_of, num_categories=K, convention=conv, device=device)
-               for n in layers}
-    top = {n: TopK(levels[n].shape[0], top_k, device=device) for n in layers}
-    for idx in _batches(shard, batch_size, progress, "gan pass 3: tally at thresholds"):
-        acts, _, labels = run.batch(idx)
+    tallies, top = acc["tally"], acc["top"]
+
+    def step3(idx, acts, labels):
         for name, a in acts.items():
             res = tallies[name].update(a, search[name][3], labels, backend=backend)
             top[name].update(res.max, idx.to(res.max.device))
+    stream(3, "gan pass 3: tally at thresholds", step3)
     for name in layers:
         ddp.merge_across_ranks(tallies[name])
         ddp.merge_across_ranks(top[name])
@@ -324,6 +402,8 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         result.timing["exemplars"] = time.perf_counter() - t0
         save_results(out_dir, result)
         write_report(out_dir, result, title="GAN dissection report")
+    if ck is not None:
+        ck.clear()
     ddp.barrier()
     return result
 

@@ -321,3 +321,49 @@ def test_segmentation_at_a_lower_resolution_and_3d_output(gan):
     for concept, units in info["planted"].items():
         assert [lr.unit_label(u) for u in units] == [concept] * 3
     assert int(lr.counts["truth"].sum()) <= 24 * 32 * 32
+
+
+class _Flaky:
+    """The palette segmenter, counting calls and failing at call `fail_at` (a crash mid-run)."""
+
+    def __init__(self, fail_at=None):
+        base = default_segmenter()
+        self.base, self.fail_at, self.calls = base, fail_at, 0
+        self.num_classes, self.concept_names = base.num_classes, base.concept_names
+        self.category_names, self.category_of = base.category_names, base.category_of
+
+    def __call__(self, images):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise RuntimeError("simulated crash")
+        return self.base(images)
+
+
+@pytest.mark.parametrize("fail_at", [2, 5, 8])          # pass 1, pass 2, pass 3 (3 batches each)
+def test_resume_after_a_crash_equals_an_uninterrupted_run(gan, tmp_path, fail_at):
+    g, _, _ = gan
+    kw = dict(num_samples=9, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0)
+    first = _Flaky()
+    ref = dissect_generator(g, "layer3", first, out_dir=tmp_path / "ref", **kw).layers["layer3"]
+    exemplar_calls = first.calls - 9
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        dissect_generator(g, "layer3", _Flaky(fail_at), out_dir=tmp_path / "run", **kw)
+    again = _Flaky()
+    res = dissect_generator(g, "layer3", again, out_dir=tmp_path / "run", **kw).layers["layer3"]
+    # Only the batches after the last checkpoint were redone (+ exemplar regeneration).
+    assert again.calls == 9 - (fail_at - 1) + exemplar_calls
+    for name in ("iou", "iqr", "thresholds", "best_label", "topk_indices", "topk_values"):
+        assert torch.equal(getattr(res, name), getattr(ref, name)), name
+    for key, t in ref.counts.items():
+        assert torch.equal(t, res.counts[key]), key
+    assert not list((tmp_path / "run" / ".checkpoint").rglob("*.safetensors"))   # cleared at the end
+
+
+def test_changed_inputs_do_not_reuse_a_checkpoint(gan, tmp_path):
+    g, _, _ = gan
+    kw = dict(num_samples=6, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0)
+    with pytest.raises(RuntimeError):
+        dissect_generator(g, "layer3", _Flaky(5), out_dir=tmp_path, **kw)
+    fresh = _Flaky()
+    dissect_generator(g, "layer3", fresh, out_dir=tmp_path, seed=1, **kw)     # another seed
+    assert fresh.calls >= 3 * 2                                               # every pass ran
