@@ -74,7 +74,12 @@ def step_build(args, out: Path) -> str:
         return "skipped"
     rc, text, s = sh([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
                       "-e", "."], out / "build.log", 900, env={"DK_BUILD_JOBS": str(os.cpu_count() or 4)})
-    return f"ok ({s:.0f} s)" if rc == 0 else f"FAILED (exit {rc}, see build.log)"
+    if rc != 0:
+        return f"FAILED (exit {rc}, see build.log)"
+    probe = "from dissect_kernels import _native; print(_native.native('_cuda') is not None)"
+    _, text, _ = sh([sys.executable, "-c", probe], out / "build.log", 300)
+    cuda = "True" in text.split()
+    return f"ok ({s:.0f} s); _cuda {'imports' if cuda else 'NOT importable (see build.log)'}"
 
 
 def step_tests(args, out: Path) -> str:
@@ -96,7 +101,8 @@ def step_sanitizer(args, out: Path) -> list[tuple[str, str, str]]:
                for k in sorted(set(built_here) | set(drv.CASES))]
     if args.skip_sanitizer:
         return [(k, "skipped", "skipped") for k, built, _ in kernels if built == "built"]
-    tool = shutil.which("compute-sanitizer")
+    tool = shutil.which("compute-sanitizer") or next(
+        (str(p) for p in (Path("/usr/local/cuda/bin/compute-sanitizer"),) if p.exists()), None)
     rows = []
     for name, built, case in kernels:
         if built != "built" or case != "case":
