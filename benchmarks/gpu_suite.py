@@ -35,6 +35,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--images", type=int, default=63305, help="end-to-end and full tally pass")
     p.add_argument("--e2e-batch", type=int, default=256)
+    p.add_argument("--amp", default="bf16", choices=["bf16", "none"],
+                   help="forward pass under bf16 autocast (default) or in fp32")
     p.add_argument("--reps", type=int, default=20, help="timed repeats per op (median)")
     p.add_argument("--clock-ghz", type=float, default=1.98, help="nominal SM clock (FP32 floor)")
     p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu_suite"),
@@ -210,18 +212,18 @@ def main(argv=None) -> int:
 
     res, e2e_floor = None, math.nan
     if not args.skip_e2e:
-        cfg = e2e.E2EConfig(images=args.images, batch=args.e2e_batch, labels=z)
+        cfg = e2e.E2EConfig(images=args.images, batch=args.e2e_batch, amp=args.amp, labels=z)
         if args.smoke:
             cfg.image_size, cfg.width = 64, 4
         res = e2e.run(cfg, device)
         per_image = {r.op: r for r in rows if r.time_s is not None and r.backend in ("cuda", "cpu", "torch", "auto")}
         tf = per_image["tally"].floor_s / z.B if "tally" in per_image else 0.0
         qf = per_image["quantile"].floor_s / z.B if "quantile" in per_image else 0.0
-        e2e_floor = e2e.floor_s(res, cfg, machine.bf16_rate if cfg.amp == "bf16" and not args.smoke
-                                else machine.fp32_rate, tf, qf)
+        # fp32 convolutions run on TF32 tensor cores (cuDNN's default): half the bf16 rate
+        e2e_floor = e2e.floor_s(res, cfg, machine.bf16_rate / (1 if cfg.amp == "bf16" else 2), tf, qf)
         base_stats = sum(per_image[k].baseline_s / z.B * cfg.images
                          for k in ("tally", "quantile", "label_stats") if k in per_image)
-        lines += [f"End-to-end: ResNet-18 (width {cfg.width}, random init, {cfg.amp} autocast on CUDA) layer4 "
+        lines += [f"End-to-end: ResNet-18 (width {cfg.width}, random init, forward {cfg.amp} autocast on CUDA) layer4 "
                   f"({res.units} units), {cfg.images} synthetic images {cfg.image_size}² generated on the device, "
                   f"batch {cfg.batch}; labels {z.L}x{z.H}², M={z.M}, C={z.C}. Two passes: forward + "
                   f"QuantileSketch.update, then forward + IoUTally.update. Forward: "
