@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +163,62 @@ def fmt(x: float, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x * scale:.{digits}g}"
 
 
+class Report:
+    """The markdown table, printed and written to <out>/gpu_suite.md section by section (so a
+    run cut short still leaves what it measured); `failed` collects what went wrong."""
+
+    def __init__(self, out: Path):
+        self.path, self.lines, self.failed = out / "gpu_suite.md", [], []
+
+    def emit(self, *lines: str) -> None:
+        self.lines += lines
+        print("\n".join(lines), flush=True)
+        self.path.write_text("\n".join(self.lines) + "\n")
+
+    def guard(self, what: str, fn, *a):
+        """fn(*a), or None with the error reported (the suite goes on)."""
+        try:
+            return fn(*a)
+        except Exception as e:  # noqa: BLE001 - one broken part must not lose the others
+            self.failed.append(what)
+            self.emit(f"- **{what} FAILED**: {type(e).__name__}: {e}", "")
+            traceback.print_exc()
+            return None
+
+
+def e2e_section(rep: Report, args, z, machine, rows, device):
+    """Run the end-to-end pass and emit its table; returns the E2EResult."""
+    import suite_e2e as e2e
+
+    cfg = e2e.E2EConfig(images=args.images, batch=args.e2e_batch, amp=args.amp, labels=z)
+    if args.smoke:
+        cfg.image_size, cfg.width = 64, 4
+    res = e2e.run(cfg, device)
+    per_image = {r.op: r for r in rows if r.time_s is not None and r.backend in ("cuda", "cpu", "torch", "auto")}
+    tf = per_image["tally"].floor_s / z.B if "tally" in per_image else 0.0
+    qf = per_image["quantile"].floor_s / z.B if "quantile" in per_image else 0.0
+    # fp32 convolutions run on TF32 tensor cores (cuDNN's default): half the bf16 rate
+    floor = e2e.floor_s(res, cfg, machine.bf16_rate / (1 if cfg.amp == "bf16" else 2), tf, qf)
+    base_stats = sum(per_image[k].baseline_s / z.B * cfg.images
+                     for k in ("tally", "quantile", "label_stats") if k in per_image)
+    rep.emit(f"End-to-end: ResNet-18 (width {cfg.width}, random init, forward {cfg.amp} autocast on CUDA) "
+             f"layer4 ({res.units} units), {cfg.images} synthetic images {cfg.image_size}² generated on the "
+             f"device, batch {cfg.batch}; labels {z.L}x{z.H}², M={z.M}, C={z.C}. Two passes: forward + "
+             f"QuantileSketch.update, then forward + IoUTally.update. Forward: "
+             f"{fmt(res.forward_flops * 2 / 1e12)} TFLOP over both passes.", "",
+             *[f"- note: {n}" for n in res.notes],
+             "", "| phase | time (s) | note |", "|---|---|---|",
+             f"| wall, both passes | {fmt(res.wall)} | floor {fmt(floor)} s (forward at the measured "
+             f"matrix rate + statistics floors); x floor {fmt(res.wall / floor)} |",
+             f"| data generation | {fmt(res.generate)} | stands in for image decoding |",
+             f"| forward (x2) | {fmt(res.forward)} | |",
+             f"| quantile updates | {fmt(res.quantile)} | |",
+             f"| tally + label_stats | {fmt(res.tally)} | |",
+             f"| statistics total | {fmt(res.stats)} | materialising torch statistics (per-op "
+             f"baselines scaled): {fmt(base_stats)} s |", "")
+    return res
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.smoke:
@@ -173,91 +230,70 @@ def main(argv=None) -> int:
     import torch
 
     import suite_cases as cases
-    import suite_e2e as e2e
 
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU here; use --smoke on a CPU machine", file=sys.stderr)
         return 2
+    rep = Report(out)
     tests = step_tests(args, out)
-    sanitizer = step_sanitizer(args, out)
     machine = measure_machine(device, args.clock_ghz)
-    z = cases.SMOKE if args.smoke else cases.BRODEN
-    backends = {"tally": ["cpu", "triton"] if args.smoke else ["cuda", "triton"],
-                "label_stats": ["torch"], "segment_stats": ["torch"],
-                "edit": ["cpu", "triton"] if args.smoke else ["triton"]}
-    rows = cases.run_all(cases.Context(z, machine, backends, args.reps, 1 if args.smoke else 4))
-    tally_table, tally_s = step_tally_pass(args, out)
-
-    lines = [f"### GPU suite, {machine.name}, {datetime.date.today().isoformat()}", "",
+    rep.emit(f"### GPU suite, {machine.name}, {datetime.date.today().isoformat()}", "",
              f"`python3 benchmarks/gpu_suite.py{' --smoke' if args.smoke else ''}`; torch {torch.__version__}"
              f"{', CUDA ' + torch.version.cuda if torch.version.cuda else ''}. Measured here: copy "
              f"{fmt(machine.bandwidth, 1e-12)} TB/s (read + write), bf16 matmul {fmt(machine.bf16_rate, 1e-12)} "
              f"TFLOP/s; FP32 lane rate {fmt(machine.fp32_rate, 1e-12)} T/s at nominal {args.clock_ghz} GHz.", "",
              f"- build (`pip install --no-build-isolation -e .`): {build}",
-             f"- `pytest -m gpu`: {tests}", "",
-             "| CUDA kernel | compute-sanitizer memcheck | racecheck |", "|---|---|---|"]
-    lines += [f"| {k} | {m} | {r} |" for k, m, r in sanitizer] or ["| (none built) | - | - |"]
-    lines += ["", f"Per-op, one Broden batch (median of {args.reps}, inputs rotated):", "",
-              "| op | backend | size | time (ms) | floor (ms) | x floor | torch materialising (ms) | speed-up | note |",
-              "|---|---|---|---|---|---|---|---|---|"]
+             f"- `pytest -m gpu`: {tests}", "")
+    rep.failed += [w for w, v in (("build", build), ("pytest -m gpu", tests)) if "FAILED" in v or "NOT" in v]
+    sanitizer = rep.guard("compute-sanitizer", step_sanitizer, args, out) or []
+    rep.failed += [f"compute-sanitizer {k}" for k, m, r in sanitizer if "ERRORS" in m + r or "FAILED" in m + r]
+    rep.emit("| CUDA kernel | compute-sanitizer memcheck | racecheck |", "|---|---|---|",
+             *([f"| {k} | {m} | {r} |" for k, m, r in sanitizer] or ["| (none built) | - | - |"]), "")
+
+    z = cases.SMOKE if args.smoke else cases.BRODEN
+    backends = {"tally": ["cpu", "triton"] if args.smoke else ["cuda", "triton"],
+                "label_stats": ["torch"], "segment_stats": ["torch"],
+                "edit": ["cpu", "triton"] if args.smoke else ["triton"]}
+    ctx = rep.guard("per-op inputs", cases.Context, z, machine, backends, args.reps, 1 if args.smoke else 4)
+    rows = cases.run_all(ctx, rep.guard) if ctx is not None else []
+    rep.emit(f"Per-op, one Broden batch (median of {args.reps}, inputs rotated):", "",
+             "| op | backend | size | time (ms) | floor (ms) | x floor | torch materialising (ms) | speed-up | note |",
+             "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.time_s is None:
-            lines.append(f"| {r.op} | {r.backend} | {r.size} | - | - | - | - | - | {r.note} |")
+            rep.emit(f"| {r.op} | {r.backend} | {r.size} | - | - | - | - | - | {r.note} |")
         else:
-            lines.append(f"| {r.op} | {r.backend} | {r.size} | {fmt(r.time_s, 1e3)} | {fmt(r.floor_s, 1e3)} | "
-                         f"{fmt(r.time_s / r.floor_s)} | {fmt(r.baseline_s, 1e3)} | "
-                         f"{fmt(r.baseline_s / r.time_s)} | {r.note} |")
-    lines += ["", "Whole-dataset tally (`benchmarks/gpu_bench.py`):", "", tally_table, ""]
+            rep.emit(f"| {r.op} | {r.backend} | {r.size} | {fmt(r.time_s, 1e3)} | {fmt(r.floor_s, 1e3)} | "
+                     f"{fmt(r.time_s / r.floor_s)} | {fmt(r.baseline_s, 1e3)} | "
+                     f"{fmt(r.baseline_s / r.time_s)} | {r.note} |")
+    del ctx
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # leave the GPU's memory to gpu_bench.py's process
+    tally_table, tally_s = step_tally_pass(args, out)
+    if "FAILED" in tally_table:
+        rep.failed.append("gpu_bench.py")
+    rep.emit("", "Whole-dataset tally (`benchmarks/gpu_bench.py`):", "", tally_table, "")
 
-    res, e2e_floor = None, math.nan
-    if not args.skip_e2e:
-        cfg = e2e.E2EConfig(images=args.images, batch=args.e2e_batch, amp=args.amp, labels=z)
-        if args.smoke:
-            cfg.image_size, cfg.width = 64, 4
-        res = e2e.run(cfg, device)
-        per_image = {r.op: r for r in rows if r.time_s is not None and r.backend in ("cuda", "cpu", "torch", "auto")}
-        tf = per_image["tally"].floor_s / z.B if "tally" in per_image else 0.0
-        qf = per_image["quantile"].floor_s / z.B if "quantile" in per_image else 0.0
-        # fp32 convolutions run on TF32 tensor cores (cuDNN's default): half the bf16 rate
-        e2e_floor = e2e.floor_s(res, cfg, machine.bf16_rate / (1 if cfg.amp == "bf16" else 2), tf, qf)
-        base_stats = sum(per_image[k].baseline_s / z.B * cfg.images
-                         for k in ("tally", "quantile", "label_stats") if k in per_image)
-        lines += [f"End-to-end: ResNet-18 (width {cfg.width}, random init, forward {cfg.amp} autocast on CUDA) layer4 "
-                  f"({res.units} units), {cfg.images} synthetic images {cfg.image_size}² generated on the device, "
-                  f"batch {cfg.batch}; labels {z.L}x{z.H}², M={z.M}, C={z.C}. Two passes: forward + "
-                  f"QuantileSketch.update, then forward + IoUTally.update. Forward: "
-                  f"{fmt(res.forward_flops * 2 / 1e12)} TFLOP over both passes.", ""]
-        lines += [f"- note: {n}" for n in res.notes]
-        lines += ["", "| phase | time (s) | note |", "|---|---|---|",
-                  f"| wall, both passes | {fmt(res.wall)} | floor {fmt(e2e_floor)} s (forward at the measured "
-                  f"matrix rate + statistics floors); x floor {fmt(res.wall / e2e_floor)} |",
-                  f"| data generation | {fmt(res.generate)} | stands in for image decoding |",
-                  f"| forward (x2) | {fmt(res.forward)} | |",
-                  f"| quantile updates | {fmt(res.quantile)} | |",
-                  f"| tally + label_stats | {fmt(res.tally)} | |",
-                  f"| statistics total | {fmt(res.stats)} | materialising torch statistics (per-op "
-                  f"baselines scaled): {fmt(base_stats)} s |", ""]
-
+    res = None if args.skip_e2e else rep.guard("end-to-end", e2e_section, rep, args, z, machine, rows, device)
     frac = res.stats / res.forward if res else math.nan
     checks = [("tally kernel time, whole dataset (cuda)", tally_s, TARGETS["tally_s"], "s"),
               ("end-to-end wall time", res.wall if res else math.nan, TARGETS["e2e_s"], "s"),
               ("statistics / forward time", frac, TARGETS["stats_fraction"], "")]
-    lines += ["| target | measured | limit | verdict |", "|---|---|---|---|"]
+    rep.emit("| target | measured | limit | verdict |", "|---|---|---|---|")
     for name, value, limit, unit in checks:
         verdict = "n/a" if math.isnan(value) else ("PASS" if value <= limit else "FAIL")
         if args.smoke:
             verdict += " (smoke sizes: not meaningful)"
-        lines.append(f"| {name} | {fmt(value)} {unit} | {limit} {unit} | {verdict} |")
-    table = "\n".join(lines)
-    print(table)
-    (out / "gpu_suite.md").write_text(table + "\n")
+        rep.emit(f"| {name} | {fmt(value)} {unit} | {limit} {unit} | {verdict} |")
+    if rep.failed:
+        rep.emit("", f"Failed parts: {', '.join(rep.failed)} (logs in {out}).")
     if args.record:
         from gpu_bench import record
 
-        record(table, HEADING)
+        record("\n".join(rep.lines), HEADING)
         shutil.copy(BENCH / "RESULTS.md", out / "RESULTS.md")
-    return 0
+    return 1 if rep.failed else 0
 
 
 if __name__ == "__main__":

@@ -279,8 +279,16 @@ def discover() -> list[str]:
     return sorted(set(names) | set(CASES))
 
 
-def run_all(ctx: Context) -> list[Row]:
-    """Every discovered op: its rows, or one row saying why it was not timed."""
+def _case_or_missing(name: str, ctx: Context) -> list[Row]:
+    try:
+        return CASES[name](ctx)
+    except NotAvailable as e:
+        return [Row(name, "-", "-", note=f"not available ({e} missing)")]
+
+
+def run_all(ctx: Context, guard=None) -> list[Row]:
+    """Every discovered op: its rows, or one row saying why it was not timed. `guard(what, fn,
+    *a)` (gpu_suite's Report.guard) turns an op's crash into a reported failure."""
     rows = []
     for name in discover():
         if name in COVERED_ELSEWHERE:
@@ -288,8 +296,6 @@ def run_all(ctx: Context) -> list[Row]:
         elif name not in CASES:
             rows.append(Row(name, "-", "-", note="no benchmark case in benchmarks/suite_cases.py"))
         else:
-            try:
-                rows += CASES[name](ctx)
-            except NotAvailable as e:
-                rows.append(Row(name, "-", "-", note=f"not available ({e} missing)"))
+            got = guard(name, _case_or_missing, name, ctx) if guard else _case_or_missing(name, ctx)
+            rows += got if got is not None else [Row(name, "-", "-", note="FAILED (see above)")]
     return rows
