@@ -7,7 +7,13 @@
 # How: CMake configures csrc/cpu/*.cpp (whatever exists: the glob is CMake's) + python/bind_cpu*
 # with -DDK_SANITIZE=address,undefined, writes _C*.so into build/asan/lib, and the tests load it
 # through DK_NATIVE_DIR (dissect_kernels/_native.py). Python is not built with ASan, so the gcc
-# runtimes are LD_PRELOADed; leak checking is off (CPython leaks by design at exit).
+# runtimes are LD_PRELOADed; leak checking is off (CPython leaks by design at exit). The
+# kernels and their bindings are instrumented; any report fails the run (exit 86 ASan, 87 UBSan).
+# Tests: tests/test_<op>*.py for every csrc/cpu/<op>.cpp plus test files that load _C
+# themselves, minus their triton/cuda cases (-k), with -x.
+# Checked 2026-11-22: an injected one-past-the-end write in csrc/cpu/tally.cpp's load_map gives
+# "heap-buffer-overflow ... WRITE of size 4 ... tally.cpp:87" and exit 86; an injected signed
+# int overflow gives "runtime error: signed integer overflow" and exit 87.
 # Knobs: PYTHON (default python), DK_ASAN_BUILD_DIR, DK_BUILD_JOBS (default 1),
 # DK_SANITIZE_TESTS (space-separated test files, replacing the automatic selection),
 # DK_SANITIZE_PYTEST_ARGS (extra pytest arguments).
