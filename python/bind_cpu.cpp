@@ -13,4 +13,9 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     tally_cpu(args);
   }, py::arg("spec"), py::arg("stream") = 0, "Fused upsample-threshold-intersect (see tally.h).");
+  m.def("quantile_filter", [](const py::dict& spec, std::int64_t /*stream*/) {
+    QuantileFilterArgs args = bind::quantile_filter_args(spec);
+    py::gil_scoped_release release;
+    quantile_filter_cpu(args);
+  }, py::arg("spec"), py::arg("stream") = 0, "Exact-tail filter and compaction (see quantile.h).");
 }
