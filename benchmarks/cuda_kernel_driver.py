@@ -51,6 +51,7 @@ def _tally(device, backend: str, small: bool) -> str:
 
 
 def _quantile(device, backend: str, small: bool) -> str:
+    import numpy as np
     import torch
 
     import dissect_kernels as dk
@@ -60,15 +61,16 @@ def _quantile(device, backend: str, small: bool) -> str:
     g = torch.Generator().manual_seed(8)
     U = 8 if small else 64
     x = torch.randn(4, U, 7, 7, generator=g)
-    sketch = dk.QuantileSketch(U, device=device)
+    sketch = dk.QuantileSketch(U, mode="exact", min_quantile=0.99, expected_count=4 * 49,
+                               backend=backend, device=device)
     sketch.update(x.to(device))
-    q = sketch.quantile(0.99).cpu().double()
-    exact = torch.quantile(x.transpose(0, 1).reshape(U, -1).double(), 0.99, dim=1)
-    bound = sketch.rank_error_bound().cpu().double().max().item() if hasattr(sketch, "rank_error_bound") else 0.0
-    err = (q - exact).abs().max().item()
-    if not torch.isfinite(q).all():
-        raise AssertionError("quantile: non-finite result")
-    return f"max |q - exact| = {err:.3g} (rank error bound {bound:.3g})"
+    q = sketch.quantile([0.99, 1.0]).cpu().double()
+    exact = torch.from_numpy(np.quantile(x.transpose(0, 1).reshape(U, -1).double().numpy(), [0.99, 1.0],
+                                         axis=1, method="linear").T)
+    if not torch.equal(q, exact):
+        raise AssertionError(f"quantile: {backend} differs from numpy.quantile (max "
+                             f"{(q - exact).abs().max().item():.3g})")
+    return f"exact mode equals numpy.quantile for {U} units"
 
 
 # kernel name in _cuda -> case. A kernel of _cuda missing here is reported as "no case".
