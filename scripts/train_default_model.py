@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
 
 def conv_features(model: SmallCNN, x: torch.Tensor, layer: str) -> torch.Tensor:
     out = {}
-    h = getattr(model, layer).register_forward_hook(lambda m, i, o: out.setdefault("a", o))
+    h = getattr(model, layer).register_forward_hook(lambda m, i, o: out.update(a=o))
     with torch.no_grad():
         model(x)
     h.remove()
@@ -75,7 +76,6 @@ def unit_ious(model, ds, imgs, labs, ilabs, layer="conv4", q=0.995, batch=100):
         r = dk.tally(feats[i:i + batch], thr, L, num_concepts=C, image_labels=IL, backend="cpu")
         inter += r.intersection
         for b in range(L.shape[0]):
-            px = torch.bincount(L[b].long().flatten(), minlength=C)   # per layer (no overlap within one)
             anyl = torch.zeros(C, dtype=torch.int64)
             for c in L[b].unique().tolist():
                 anyl[c] = int((L[b] == c).any(0).sum())
@@ -86,7 +86,6 @@ def unit_ious(model, ds, imgs, labs, ilabs, layer="conv4", q=0.995, batch=100):
             present = torch.zeros(K, dtype=torch.bool)
             present[cat[anyl > 0]] = True
             act_cat += r.active[b][:, None] * present[None, :].long()
-            del px
     union = act_cat[:, cat] + truth[None, :] - inter
     iou = inter.double() / union.clamp(min=1).double()
     iou[:, 0] = 0
@@ -110,9 +109,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from these safetensors weights (a second training stage)")
     p.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory")
     p.add_argument("--out-dir", type=Path, default=ROOT / "dissect_kernels" / "assets")
     args = p.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
     sys.stdout.reconfigure(line_buffering=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -130,6 +132,14 @@ def main(argv=None):
     print(f"data: {len(ds)} images ({int(is_train.sum())} train) in {t_data:.1f}s; {len(targets)} targets")
 
     model = SmallCNN(len(targets))
+    history = []
+    if args.init is not None:
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(args.init)))
+        prev = args.init.with_suffix(".json")
+        if prev.is_file():
+            old = json.loads(prev.read_text())["training"]
+            history = old.pop("history", []) + [old]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     tr = torch.nonzero(is_train).flatten()
     va = torch.nonzero(~is_train).flatten()
@@ -184,7 +194,8 @@ def main(argv=None):
                      seed=args.seed, image_size=args.image_size),
         training=dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer="AdamW+OneCycle",
                       loss="multi-label BCE", threads=args.threads, seconds=round(t_train, 1),
-                      train_images=len(tr), val_images=len(va)),
+                      train_images=len(tr), val_images=len(va),
+                      init=None if args.init is None else str(args.init.name), history=history),
         val=dict(exact_label_set_accuracy=round(acc["accuracy"], 4),
                  mean_target_accuracy=round(acc["mean_target_accuracy"], 4), per_target=per_target),
         conv4_units=dict(quantile=0.995, union="category", split="val",

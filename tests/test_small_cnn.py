@@ -29,8 +29,13 @@ def test_loads_and_runs():
 def test_untrained_model_shapes():
     m = SmallCNN(5, (4, 8, 8, 16))
     feats = {}
+
+    def keep(name):
+        def hook(mod, inp, out):
+            feats[name] = tuple(out.shape)
+        return hook
     for name in ("conv1", "conv2", "conv3", "conv4"):
-        getattr(m, name).register_forward_hook(lambda mod, i, o, name=name: feats.setdefault(name, o.shape))
+        getattr(m, name).register_forward_hook(keep(name))
     m(torch.randn(1, 3, 112, 112))
     assert feats == {"conv1": (1, 4, 112, 112), "conv2": (1, 8, 56, 56), "conv3": (1, 8, 28, 28),
                      "conv4": (1, 16, 14, 14)}
@@ -65,7 +70,7 @@ def test_conv4_units_detect_concepts(fresh):
     labels = torch.stack([it["labels"] for it in items])
     image_labels = torch.stack([it["image_labels"] for it in items])
     acts = {}
-    model.conv4.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    model.conv4.register_forward_hook(lambda m, i, o: acts.update(a=o))
     with torch.no_grad():
         model(x)
     a = acts["a"]
