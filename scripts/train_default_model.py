@@ -1,7 +1,13 @@
 """Train the embedded default model: SmallCNN on a seeded synthetic Broden dataset, predicting
 which objects, parts, colours, materials and textures an image contains (multi-label), so
 that localised concept detectors emerge in conv1..conv4. Writes dissect_kernels/assets/
-default_cnn.safetensors + default_cnn.json, then reports which conv4 units detect what."""
+default_cnn.safetensors + default_cnn.json, then reports which conv4 units detect what.
+
+The shipped weights came from two stages (both recorded in default_cnn.json):
+    python scripts/train_default_model.py --out-dir /tmp/stage1            # 10 epochs, lr 3e-3
+    python scripts/train_default_model.py --init /tmp/stage1/default_cnn.safetensors \
+        --epochs 8 --lr 2e-3                                               # writes the assets
+"""
 from __future__ import annotations
 
 import argparse
