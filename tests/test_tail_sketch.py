@@ -111,17 +111,16 @@ def test_cdf_monotone_and_accurate(big):
 def test_cpu_and_torch_paths_identical():
     """Same data order -> the same state from the C++ core and the batched torch path (small
     capacity so that flushes, coarsening, ties and negative values all occur)."""
-    x = relu_lognormal(150_000, 5, seed=3)
+    x = relu_lognormal(60_000, 5, seed=3)
     x[:, 1] = -x[:, 1]
     x[:, 2] = torch.round(x[:, 2] * 4) / 4
-    x[:, 3] = torch.arange(150_000).float().flip(0)  # strictly decreasing input
-    a, b = TailSketch(5, capacity=1024, backend="cpu"), TailSketch(5, capacity=1024, backend="torch")
+    x[:, 3] = torch.arange(60_000).float().flip(0)  # strictly decreasing input
+    a, b = TailSketch(5, capacity=2048, backend="cpu"), TailSketch(5, capacity=2048, backend="torch")
     feed(a, x, [5000, 777, 20000])
     feed(b, x, [5000, 777, 20000])
     sa, sb = comparable_state(a), comparable_state(b)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
-    assert int(sa["coarsen"].max()) >= 0
     xs = x.t().contiguous().sort(1).values
     for sk in (a, b):
         obs = observed_rank_error(xs, sk.quantile(QS), QS)
@@ -133,6 +132,7 @@ def test_small_capacity_coarsens_and_bound_still_holds():
     sk = TailSketch(2, capacity=1024, backend="cpu")
     feed(sk, x, [50_000])
     assert int(sk.st["size"].max()) <= 512
+    assert int(sk.st["coarsen"].max()) >= 1  # the over-capacity path ran
     xs = x.t().contiguous().sort(1).values
     obs = observed_rank_error(xs, sk.quantile(QS), QS)
     assert (obs <= sk.rank_error_bound(QS) + 1e-12).all()
@@ -140,12 +140,13 @@ def test_small_capacity_coarsens_and_bound_still_holds():
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_merge_of_shards(backend):
-    x = relu_lognormal(300_000, 3, seed=5)
-    shards = [x[:50_000], x[50_000:220_000], x[220_000:]]
+    n = 300_000 if backend == "cpu" else 60_000
+    x = relu_lognormal(n, 3, seed=5)
+    shards = [x[:n // 6], x[n // 6:(11 * n) // 15], x[(11 * n) // 15:]]
     sketches = []
     for s in shards:
         sk = TailSketch(3, capacity=4096, backend=backend)
-        feed(sk, s, [30_000])
+        feed(sk, s, [n // 10])
         sketches.append(sk)
     merged = sketches[0].merge(sketches[1]).merge(sketches[2]).merge(TailSketch(3, capacity=4096))
     assert merged.count == x.shape[0]

@@ -4,6 +4,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 namespace dissect_kernels {
@@ -11,7 +15,6 @@ namespace {
 
 constexpr int kMaxRounds = 64;
 constexpr int64_t kGroup = 16;     // units per tile (one 64-byte line of a float row)
-constexpr int64_t kChunk = 4096;   // rows per transposed tile (a unit's arrays stay hot)
 
 struct Scratch {
   std::vector<float> v;
@@ -204,25 +207,37 @@ void classify(const TailSketchState& s, int64_t u, const float* xs, int64_t n, f
 void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N, int64_t ld) {
   if (s.block_rows < 1 || s.block_rows > s.P) throw Error("tail_sketch: block_rows must lie in [1, P]");
   const int64_t groups = (s.U + kGroup - 1) / kGroup;
-  for (int64_t r0 = 0; r0 < N; r0 += s.block_rows) {
-    const int64_t rows = std::min(s.block_rows, N - r0);
+  // Units are independent: each thread owns a contiguous range of unit groups and walks all rows
+  // (no barriers); per block it transposes its slab of x (contiguous reads) and classifies per unit.
 #pragma omp parallel
-    {
+  {
+    int64_t tid = 0, nth = 1;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
+#endif
+    const int64_t g0 = groups * tid / nth, g1 = groups * (tid + 1) / nth;
+    const int64_t ua = std::min(s.U, g0 * kGroup), ub = std::min(s.U, g1 * kGroup), nu = ub - ua;
+    if (nu > 0) {
       Scratch sc;
       std::vector<unsigned char> drop;
-      std::vector<float> tile(kGroup * kChunk), buf(kChunk);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t grp = 0; grp < groups; ++grp) {
-        const int64_t u0 = grp * kGroup, u1 = std::min(s.U, u0 + kGroup), gu = u1 - u0;
-        for (int64_t u = u0; u < u1; ++u)
+      const int64_t R = std::min(s.block_rows, N);
+      std::unique_ptr<float[]> slab(new float[nu * R]), buf(new float[R]);
+      for (int64_t r0 = 0; r0 < N; r0 += s.block_rows) {
+        const int64_t rows = std::min(s.block_rows, N - r0);
+        for (int64_t u = ua; u < ub; ++u)
           if (s.P - s.pend_n[u] < rows) flush_unit(s, u, sc, drop);
-        for (int64_t c0 = 0; c0 < rows; c0 += kChunk) {
-          const int64_t cr = std::min(kChunk, rows - c0);
-          const float* src = x + (r0 + c0) * ld + u0;
-          for (int64_t r = 0; r < cr; ++r)
-            for (int64_t q = 0; q < gu; ++q) tile[q * kChunk + r] = src[r * ld + q];
-          for (int64_t q = 0; q < gu; ++q) classify(s, u0 + q, tile.data() + q * kChunk, cr, buf.data());
+        for (int64_t rr = 0; rr < rows; rr += 16) {
+          const int64_t re = std::min(rows, rr + 16);
+          for (int64_t c = 0; c < nu; c += 16) {
+            const int64_t ce = std::min(nu, c + 16);
+            for (int64_t r = rr; r < re; ++r) {
+              const float* src = x + (r0 + r) * ld + ua;
+              for (int64_t q = c; q < ce; ++q) slab[q * R + r] = src[q];
+            }
+          }
         }
+        for (int64_t q = 0; q < nu; ++q) classify(s, ua + q, slab.get() + q * R, rows, buf.get());
       }
     }
   }
