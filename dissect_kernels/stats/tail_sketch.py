@@ -1,35 +1,40 @@
 """TailSketch: a mergeable per-unit streaming quantile summary, deterministic, with a rank-error
 bound read off its own state and relative (rank-from-the-top) accuracy in the upper tail.
 
-Algorithm (a batched, biased-quantile Greenwald-Khanna summary; see tail_sketch.h):
-  * Per unit a sorted list of entries (value v, rmin, rmax) with rmin <= pos(v) <= rmax, where
-    pos is the entry's position in one sorted order of all N values seen (an invariant kept
-    exactly by every operation, so every bound below is deterministic, for any input order).
-  * A value x below tau (the entry about N/32 from the top) and >= the minimum is not stored: the
-    count of the gap [v_g, v_g+1) holding it is incremented (one binary search, no sort).
-    Other values (the top ~1/32, new minima) wait in a pending buffer; a full buffer is sorted
-    and merged in, each new value taking the bounds of the gap it lands in (GK insertion).
-  * Prune: entry i is dropped when rmax[i+1] - rmin[i-1] <= G, in alternating-parity rounds to
-    a fixpoint. With s = N - rmax + 1 (rank from the top), G = s / 2^k_t for s <= N/32 and
-    G = max(N / 2^(k_t+5), N / 2^k_l) below. With capacity C = 2^c: k_t = c - 7, k_l = c - 4,
-    summary <= C/2 entries, pending <= C/2 values (C = 65536: k_t = 9, k_l = 12).
-Bound: quantile(q) returns a stored value whose position p satisfies |p - qN| <= max(qN - rmin,
-  rmax - qN) =: rank_error_bound(q) * N; since every surviving span rmax[i+1] - rmin[i-1] is at
-  most G at its upper end (or was never widened), this is <= ~G(s)/2 + 1 in the tail, i.e. a
-  relative error ~ 2^-(k_t+1) = 1e-3 of the rank from the top: at q = 0.995 (s = 0.005 N) about
-  5e-6 N, at q = 0.99 about 1e-5 N, independent of N (targets 2e-5 / 4e-5 at N = 1e8). Below the
-  tail the bound is ~N / 2^k_l plus the growth of gaps under a drifting input (reported honestly).
-Space: tail ~ 2^(k_t+1) ln(N / 2^(k_t+5)) entries (~9k at N = 1e8), bulk <= ~2^(k_l+1), top 2^(k_t+1)
-  exact; if a unit would exceed C/2 entries its k's drop by one ("coarsen", reported in the bound).
-  Stored values <= C per unit (+2 int64 rank bounds and 1 int64 gap count per summary entry).
+Algorithm (a batched, biased-quantile Greenwald-Khanna summary; rules in tail_sketch.h):
+  * Per unit a sorted list of entries (v, rmin, rmax) with rmin <= pos <= rmax, pos being the
+    entry's position in one sorted order of all N values seen. Every operation keeps this
+    invariant exactly, so the bounds below are deterministic guarantees for any input order.
+  * A value x with v_0 <= x < tau (tau = the entry ~N/32 from the top) is not stored: the count of
+    its gap (v_g, v_g+1), or of its ties with v_g, is incremented (one branchless binary search;
+    values in the first gap, e.g. ReLU zeros, need none). Other values (the top ~1/32, new minima)
+    wait in a pending buffer. A flush turns counts into exact position shifts (ties with v_g are
+    ordered right after it and get a run-end entry, so a spike of equal values is certified),
+    sorts the pending values and merges them in, each taking the bounds of the gap it lands in.
+  * Prune: entry i is dropped when rmax[i+1] - rmin[i-1] <= G, in alternating-parity rounds to a
+    fixpoint. With s = N - rmax + 1 (rank from the top), G = s / 2^k_t for s <= N/32 and
+    G = max(N / 2^(k_t+5), N / 2^k_l) below. Capacity C = 2^c gives k_t = c - 7, k_l = c - 4,
+    a summary of <= C/2 entries and a pending buffer of C/2 values (C = 65536: k_t = 9, k_l = 12).
+Bound: quantile(q) returns a stored value v; with i1..i2 the entries holding v, the distance from
+  qN to v's rank interval [#<v, #<=v] is <= max(0, qN - rmin[i2], rmax[i1] - 1 - qN) =
+  rank_error_bound(q) * N. Every span rmax[i+1] - rmin[i-1] created by the prune is <= G at its
+  upper end, so in the top 1/32 the bound is ~ G(s) ~ 2^-k_t (1 - q) N or less (measured <= 1e-3 (1-q):
+  8e-6 at q = 0.99, 4e-6 at q = 0.995), independent of N: the targets at N = 1e8 are 4e-3 (1-q)
+  (2e-5 at 0.995, 4e-5 at 0.99). In the bulk it is ~N / 2^k_l for stationary input; gaps that
+  keep filling under a drifting input widen and the reported bound grows with them (honestly).
+Space: ~2^(k_t+1) exact top entries, ~2^(k_t+1) ln(N / 2^(k_t+5)) tail entries (~10k at N = 1e8),
+  <= ~2^(k_l+1) bulk entries; a unit that would exceed C/2 entries lowers its k's by one
+  ("coarsen"; the reported bound reflects it). Stored values <= C per unit; bookkeeping per
+  summary entry: rmin, rmax, gap and tie counts (int64), i.e. ~1.3 MB per unit at C = 65536.
 Merge combines two summaries with GK's rule (bounds add; relative error is preserved).
-The update is independent of `seed` (the algorithm is deterministic); the state depends on data
-order and batch boundaries only through when pending buffers flush.
+The CPU core (C++/OpenMP) and the batched torch path (any device; one scalar host sync per
+block of C/16 rows and per prune round of a flush) reach identical states. `seed` is accepted for
+interface compatibility and unused (the algorithm is deterministic); the state depends on data
+order and on batch boundaries only through when pending buffers flush.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -265,7 +270,3 @@ class TailSketch:
         self.st = {k: state[k].to(self.device).clone().contiguous() for k in _STATE}
         self._device = self.device
 
-
-def as_list(q: float | Sequence[float]) -> list[float]:
-    """q as a list of floats (helper for callers that accept scalars or lists)."""
-    return [float(q)] if isinstance(q, (int, float)) else [float(v) for v in q]
