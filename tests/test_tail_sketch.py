@@ -251,3 +251,43 @@ def test_cuda_state_equals_cpu():
     sa, sb = comparable_state(a), {k: v.cpu() for k, v in comparable_state(b).items()}
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+
+
+def _awkward(kind, n, U, g):
+    if kind == "zeros":
+        return torch.zeros(n, U)
+    if kind == "negative":
+        return -torch.rand(n, U, generator=g)
+    if kind == "signed_zeros":
+        sign = torch.where(torch.rand(n, U, generator=g) < 0.5, -1.0, 1.0)
+        return torch.randint(0, 3, (n, U), generator=g).float() * sign  # -0.0 and +0.0 both occur
+    if kind == "infinities":
+        x = torch.randn(n, U, generator=g)
+        x[::7], x[::11] = float("inf"), float("-inf")
+        return x
+    if kind == "periodic":
+        return (torch.arange(n * U).float().reshape(n, U) % 97)
+    return torch.relu(torch.randn(n, U, generator=g)) * torch.randn(n, U, generator=g).exp()
+
+
+@pytest.mark.parametrize("kind,U,n,sizes", [
+    ("zeros", 3, 3000, [1, 100, 1000]), ("negative", 3, 500, [1000, 100, 7]),
+    ("signed_zeros", 17, 900, [100, 7, 1]), ("infinities", 17, 500, [7, 100, 1]),
+    ("periodic", 3, 12000, [1000, 1, 100]), ("relu_lognormal", 17, 2500, [1, 100, 7]),
+])
+def test_awkward_inputs_backends_agree_and_bound_holds(kind, U, n, sizes):
+    """Odd shapes (U not a multiple of 16, 1-row batches) and contents (all equal, negative, +-0,
+    +-inf, periodic ties): both paths reach the same state, bounds hold, extremes are exact."""
+    x = _awkward(kind, n, U, torch.Generator().manual_seed(n + U))
+    a, b = TailSketch(U, capacity=1024, backend="cpu"), TailSketch(U, capacity=1024, backend="torch")
+    for sk in (a, b):
+        feed(sk, x, sizes)
+    sa, sb = comparable_state(a), comparable_state(b)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    xs = x.t().contiguous().sort(1).values
+    qs = QS + [0.0, 1.0]
+    obs = observed_rank_error(xs, a.quantile(qs), qs)
+    assert (obs <= a.rank_error_bound(qs) + 1e-12).all()
+    assert torch.equal(a.quantile([0.0, 1.0]), xs[:, [0, -1]])
+    assert a.count == n
