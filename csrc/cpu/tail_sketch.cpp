@@ -19,7 +19,6 @@ constexpr int64_t kGroup = 16;     // units per tile (one 64-byte line of a floa
 struct Scratch {
   std::vector<float> v;
   std::vector<int64_t> lo, hi;
-  std::vector<float> b;
   void reserve(int64_t n) {
     v.resize(n); lo.resize(n); hi.resize(n);
   }
