@@ -1,7 +1,25 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
+from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
+from dissect_kernels.dissect import dissect
+from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
+from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
+from dissect_kernels.intervene import AblationResult, classifier_ablation, intervene, plot_ablation
+from dissect_kernels.ops.edit import edit, edit_
+from dissect_kernels.ops.label_stats import LabelStats, label_stats
+from dissect_kernels.ops.segment_stats import segment_stats
 from dissect_kernels.ops.tally import TallyResult, tally
+from dissect_kernels.results import DissectionResult, LayerResult, load_results, save_results
+from dissect_kernels.stats.iou_tally import IoUTally
+from dissect_kernels.stats.quantile import QuantileSketch
 from dissect_kernels.stats.tail_sketch import TailSketch
+from dissect_kernels.stats.topk import TopK
 
-__all__ = ["Geometry", "TailSketch", "TallyResult", "tally"]
+__all__ = [
+    "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
+    "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
+    "LayerResult", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
+    "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
+    "run_layers", "save_results", "segment_stats", "tally",
+]
 __version__ = "0.1.0"

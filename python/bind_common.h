@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dissect_kernels/tail_sketch.h"
+#include "dissect_kernels/quantile.h"
 #include "dissect_kernels/tally.h"
 
 namespace dissect_kernels::bind {
@@ -76,6 +77,24 @@ inline TailSketchState tail_sketch_state(const py::dict& d) {
   s.tidx = ptr<int64_t>(d, "tidx");
   s.coarsen = ptr<int64_t>(d, "coarsen");
   return s;
+}
+
+inline QuantileFilterArgs quantile_filter_args(const py::dict& d) {
+  QuantileFilterArgs a;
+  a.x = ptr<const void>(d, "x");
+  a.x_dtype = static_cast<DType>(d["x_dtype"].cast<int>());
+  a.G = d["G"].cast<int64_t>();
+  a.U = d["U"].cast<int64_t>();
+  a.S = d["S"].cast<int64_t>();
+  auto st = d["x_stride"].cast<std::vector<int64_t>>();
+  for (int i = 0; i < 3; ++i) a.x_stride[i] = st.at(i);
+  a.buffer = ptr<float>(d, "buffer");
+  a.capacity = d["capacity"].cast<int64_t>();
+  a.kept = ptr<int64_t>(d, "kept");
+  a.cut = ptr<float>(d, "cut");
+  a.target = d["target"].cast<int64_t>();
+  a.nan_count = ptr<int64_t>(d, "nan_count");
+  return a;
 }
 
 }  // namespace dissect_kernels::bind

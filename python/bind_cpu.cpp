@@ -23,4 +23,9 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     tail_sketch_flush_cpu(s);
   }, py::arg("state"), "Fold pending values and gap counts into each unit's summary.");
+  m.def("quantile_filter", [](const py::dict& spec, std::int64_t /*stream*/) {
+    QuantileFilterArgs args = bind::quantile_filter_args(spec);
+    py::gil_scoped_release release;
+    quantile_filter_cpu(args);
+  }, py::arg("spec"), py::arg("stream") = 0, "Exact-tail filter and compaction (see quantile.h).");
 }

@@ -43,6 +43,6 @@ def ids_in_range(name: str, x: torch.Tensor, upper: int, what: str = "num_concep
     """Integer ids must lie in [0, upper)."""
     if x is None or x.numel() == 0:
         return
-    lo, hi = int(x.min()), int(x.max())
+    lo, hi = (int(v) for v in torch.aminmax(x))  # one pass over the ids
     if lo < 0 or hi >= upper:
         raise ValueError(f"{name} holds ids in [{lo}, {hi}] but they must lie in [0, {upper}) ({what}={upper})")

@@ -61,7 +61,7 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
                                  image_labels=image_labels, category_of=category_of)
     B, U, h, w = acts.shape
     _, L, H, W = labels.shape
-    if not isinstance(num_concepts, int) or num_concepts < 1:
+    if not isinstance(num_concepts, int) or isinstance(num_concepts, bool) or num_concepts < 1:
         raise ValueError(f"num_concepts must be a positive int, got {num_concepts!r}")
     if labels.shape[0] != B:
         raise ValueError(f"labels has batch size {labels.shape[0]} but acts has {B}")
@@ -76,6 +76,9 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
     _checks.ids_in_range("labels", labels, num_concepts)
     _checks.ids_in_range("image_labels", image_labels, num_concepts)
     K = None
+    if category_of is None and num_categories is not None:
+        raise ValueError("num_categories was given without category_of; pass category_of [C] "
+                         "to get the `touched` output")
     if category_of is not None:
         if category_of.shape[0] != num_concepts:
             raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")

@@ -1,0 +1,160 @@
+"""`dissect-kernels` command line (also `python -m dissect_kernels`).
+
+With no arguments it dissects the embedded default: a small CNN shipped with the package, on a
+freshly written synthetic Broden-format dataset, and ends with the report's path."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "dissect_results"
+DEFAULT_SYNTHETIC_IMAGES = 600
+
+
+def load_model(spec: str, weights: str | None):
+    """Build `module.path:factory` and load a safetensors (or torch) state dict into it."""
+    import torch
+
+    if ":" not in spec:
+        raise SystemExit(f"--model must look like 'module.path:factory', got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise SystemExit(f"--model {spec!r}: cannot import it ({err})") from err
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise SystemExit(f"--weights {weights!r}: no such file")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise SystemExit(f"--weights {weights!r} do not fit --model {spec!r}: {err}") from err
+    return model
+
+
+def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None):
+    """'synthetic[:N]' writes a synthetic Broden-format dataset under out_dir; 'broden:PATH'
+    or a plain PATH reads a Broden copy."""
+    from dissect_kernels.data import BrodenDataset, make_synthetic_broden
+
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        n = int(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_SYNTHETIC_IMAGES
+        root = make_synthetic_broden(out_dir / "synthetic_broden", n_images=n, seed=seed)
+    else:
+        root = Path(spec.split(":", 1)[1] if spec.startswith("broden:") else spec)
+        if not root.exists():
+            raise SystemExit(f"--dataset {spec!r}: {root} does not exist")
+    return BrodenDataset(root, max_images=max_images)
+
+
+def print_top_units(result, n: int = 12) -> None:
+    """A short table of the best units of every layer."""
+    for name, layer in result.layers.items():
+        order = layer.best_iou.argsort(descending=True)[:n].tolist()
+        dets = int(layer.detector.sum())
+        print(f"\n{name}: {dets}/{len(layer.best_iou)} detectors, "
+              f"{len(set(layer.best_label[layer.detector].tolist()))} unique concepts")
+        print(f"  {'unit':>5}  {'label':<22} {'category':<10} {'IoU':>6}  det")
+        for u in order:
+            label = int(layer.best_label[u])
+            cat = int(layer.best_category[u])
+            print(f"  {u + result.unit_base:>5}  {layer.concept_names[label]:<22} "
+                  f"{layer.category_names[cat] if cat >= 0 else '-':<10} "
+                  f"{float(layer.best_iou[u]):6.3f}  {'*' if bool(layer.detector[u]) else ''}")
+
+
+def cmd_dissect(args) -> int:
+    import dissect_kernels as dk
+    from dissect_kernels.conventions import CONVENTIONS
+
+    out_dir = Path(args.out)
+    if args.model:
+        model = load_model(args.model, args.weights)
+        layers = args.layers
+    else:
+        from dissect_kernels.models import DEFAULT_LAYERS, load_default_model
+        model = load_default_model()
+        layers = args.layers or ",".join(DEFAULT_LAYERS)
+        print("dissecting the embedded default model (a small CNN trained on synthetic "
+              "Broden-format data); see --help to dissect your own")
+    if not layers:
+        raise SystemExit("--layers is required with --model (e.g. --layers layer3,layer4)")
+    if args.convention not in CONVENTIONS:
+        raise SystemExit(f"--convention must be one of {sorted(CONVENTIONS)}")
+    dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images)
+    result = dk.dissect(model, [s.strip() for s in layers.split(",") if s.strip()], dataset,
+                        convention=args.convention, quantile=args.quantile,
+                        batch_size=args.batch_size, device=args.device, out_dir=out_dir,
+                        progress=not args.quiet, backend=args.backend, rotation=args.rotation,
+                        top_k=args.top_k, num_workers=args.num_workers)
+    print_top_units(result)
+    if result.skipped:
+        print(f"\nskipped {len(result.skipped)} unreadable samples (listed in summary.json)")
+    print(f"\nresults: {out_dir / 'units.csv'}, {out_dir / 'results.safetensors'}")
+    print(f"report:  {(out_dir / 'report.html').resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dissect-kernels",
+        description="Network Dissection and GAN Dissection with fused kernels. "
+                    "Run with no arguments to dissect the embedded default model.")
+    sub = parser.add_subparsers(dest="command")
+    d = sub.add_parser("dissect", help="label the units of a classifier's layers with concepts",
+                       description="Two streaming passes (quantile thresholds, then the fused "
+                                   "IoU tally) over a Broden-format dataset; writes "
+                                   "results.safetensors, units.csv, summary.json, report.html.")
+    d.add_argument("--model", help="'module.path:factory' returning an nn.Module "
+                                   "(default: the embedded small CNN)")
+    d.add_argument("--weights", help="state dict for --model (.safetensors, or a torch file)")
+    d.add_argument("--layers", help="comma-separated module names to dissect, e.g. layer3,layer4 "
+                                    "(default for the embedded model: its two last conv blocks)")
+    d.add_argument("--dataset", default="synthetic",
+                   help="'broden:PATH' (or PATH) of a Broden-format copy, or 'synthetic[:N]' to "
+                        f"write N synthetic images (default: synthetic, N={DEFAULT_SYNTHETIC_IMAGES})")
+    d.add_argument("--convention", default="exact",
+                   help="exact (default), netdissect, netdissect-lite, dissect or gandissect: "
+                        "which tool's thresholds, upsampling, union and detector rules to follow")
+    d.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
+    d.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    d.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    d.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    d.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
+                   help="tally kernel backend (default: auto = cuda > triton > cpu by device)")
+    d.add_argument("--top-k", type=int, help="exemplar images per unit (default: the convention's)")
+    d.add_argument("--rotation", type=int, metavar="SEED",
+                   help="also dissect each layer under a random orthogonal rotation of its units")
+    d.add_argument("--max-images", type=int, help="use only the first N images of the dataset")
+    d.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(run=cmd_dissect)
+    from dissect_kernels.cli_gan import add_gan_parser
+    add_gan_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv or ["dissect"])
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Batches for the drivers: collates dataset items, counts and skips corrupt samples, and applies
+a convention's category filter (NetDissect-Lite drops material and images left with no labels)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dissect_kernels.data.errors import CorruptSampleError
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor               # [B, 3, S, S]
+    labels: torch.Tensor               # [B, L, H, W] int32
+    image_labels: torch.Tensor | None  # [B, M] int32 or None
+    indices: torch.Tensor              # [B] int64 dataset indices
+
+
+class _Guarded(Dataset):
+    """Returns ("skip", index, reason) instead of raising for a corrupt sample."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except CorruptSampleError as err:
+            return ("skip", i, str(err))
+
+
+def _split(items):
+    """Collate: (good items, [(index, reason)] of skipped ones)."""
+    good, bad = [], []
+    for item in items:
+        if isinstance(item, tuple) and item and item[0] == "skip":
+            bad.append((int(item[1]), item[2]))
+        else:
+            good.append(item)
+    return good, bad
+
+
+class SampleLoader:
+    """Iterable of Batch over a Broden-style dataset; `skipped` maps index -> reason."""
+
+    def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
+                 drop_categories: tuple[str, ...] = (), meta=None):
+        """`meta` supplies concept/category attributes when `dataset` is a Subset of it."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        meta = dataset if meta is None else meta
+        self.dataset = dataset
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.num_concepts = int(meta.num_concepts)
+        self.num_categories = int(meta.num_categories)
+        self.category_of = torch.as_tensor(meta.category_of, dtype=torch.int64)
+        names = list(meta.category_names)
+        self.keep = torch.ones(self.num_concepts, dtype=torch.bool)
+        for k in [names.index(c) for c in drop_categories if c in names]:
+            self.keep &= self.category_of != k
+        self.filtering = not bool(self.keep[1:].all())
+        self.keep[0] = False
+        self.skipped: dict[int, str] = {}
+        self.filtered: set[int] = set()
+
+    def __len__(self):
+        return -(-len(self.dataset) // self.batch_size)
+
+    def iterate(self, start_batch: int = 0):
+        """Batches from `start_batch` on (None for a batch with no usable sample), so a resumed
+        pass lines up with the batches it already counted."""
+        rest = range(start_batch * self.batch_size, len(self.dataset))
+        loader = DataLoader(Subset(_Guarded(self.dataset), rest), batch_size=self.batch_size,
+                            shuffle=False, num_workers=self.num_workers, collate_fn=_split)
+        for items, bad in loader:
+            self.skipped.update(bad)
+            yield self._stack(items)
+
+    def __iter__(self):
+        return (b for b in self.iterate() if b is not None)
+
+    def _stack(self, items) -> Batch | None:
+        if not items:
+            return None
+        labels = torch.stack([torch.as_tensor(it["labels"]) for it in items]).to(torch.int32)
+        image_labels = torch.stack([torch.as_tensor(it["image_labels"]) for it in items])
+        image_labels = image_labels.to(torch.int32) if image_labels.shape[1] else None
+        images = torch.stack([torch.as_tensor(it["image"]) for it in items])
+        indices = torch.tensor([int(it["index"]) for it in items], dtype=torch.int64)
+        if self.filtering:
+            labels, image_labels, rows = self._filter(labels, image_labels)
+            self.filtered.update(indices[~rows].tolist())
+            if not bool(rows.any()):
+                return None
+            images, labels, indices = images[rows], labels[rows], indices[rows]
+            image_labels = None if image_labels is None else image_labels[rows]
+        return Batch(images, labels, image_labels, indices)
+
+    def _filter(self, labels, image_labels):
+        """Zero labels of dropped categories; keep images that still have some label."""
+        labels = labels * self.keep[labels.long()]
+        has = labels.flatten(1).any(1)
+        if image_labels is not None:
+            image_labels = image_labels * self.keep[image_labels.long()]
+            has |= image_labels.any(1)
+        return labels, image_labels, has

@@ -1,0 +1,62 @@
+"""torch.distributed glue: shard samples by rank and merge accumulators across ranks.
+
+Every accumulator (IoUTally, QuantileSketch, TopK, ...) has state_dict / load_state_dict /
+merge, so merging is generic: all-gather each rank's state (as a pickled dict of CPU tensors,
+which works on gloo and NCCL alike), rebuild it into a fresh copy and merge in rank order. Every
+rank ends with the same merged state; merging in rank order keeps results deterministic."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def shard_indices(n: int, rank_: int | None = None, world: int | None = None) -> list[int]:
+    """Contiguous block of range(n) for this rank (blocks differ in size by at most one)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    lo, hi = n * r // w, n * (r + 1) // w
+    return list(range(lo, hi))
+
+
+def merge_across_ranks(acc):
+    """Merge `acc` (in place) with its peers on every rank; returns acc."""
+    if not is_distributed() or world_size() == 1:
+        return acc
+    state = {k: v.detach().cpu() for k, v in acc.state_dict().items()}
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, state)
+    merged = None
+    for peer_state in gathered:
+        peer = copy.deepcopy(acc)
+        peer.load_state_dict({k: v.to(_device_of(acc)) for k, v in peer_state.items()})
+        if merged is None:
+            merged = peer
+        else:
+            merged.merge(peer)
+    acc.load_state_dict(merged.state_dict())
+    return acc
+
+
+def _device_of(acc) -> torch.device:
+    for v in acc.state_dict().values():
+        return v.device
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

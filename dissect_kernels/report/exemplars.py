@@ -1,0 +1,103 @@
+"""Exemplar strips: a unit's top images side by side, shaded outside its activation mask as
+NetDissect-Lite does ((0.8*mask + 0.2)*img) with the mask's contour drawn on top."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def _numpy(name: str, x, ndim: int) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+def contour(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask (the image border does not count)."""
+    m = np.pad(mask, 1, mode="edge")
+    inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def shade_tile(image: np.ndarray, mask: np.ndarray, size: int,
+               contour_color: tuple[int, int, int] | None = (255, 255, 0)) -> np.ndarray:
+    """One tile: the image resized to size x size (bilinear), the mask nearest-resized to it,
+    pixels scaled by 0.8*mask + 0.2, then the contour painted in contour_color."""
+    img = Image.fromarray(image).convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    m = Image.fromarray(mask.astype(np.uint8) * 255)
+    if m.size != (size, size):
+        m = m.resize((size, size), Image.NEAREST)
+    m = np.asarray(m) > 127
+    out = np.asarray(img, dtype=np.float32) * (0.8 * m[..., None] + 0.2)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if contour_color is not None:
+        out[contour(m)] = contour_color
+    return out
+
+
+def render_strip(images, masks, *, size: int = 112, gap: int = 3,
+                 contour_color: tuple[int, int, int] | None = (255, 255, 0)) -> Image.Image:
+    """images uint8 [k,S,S,3] and masks bool [k,H,W] (any resolution) -> one RGB strip of k
+    shaded size x size tiles separated by `gap` white pixels (k*size + (k-1)*gap wide)."""
+    images = _numpy("images", images, 4)
+    masks = _numpy("masks", masks, 3)
+    if images.dtype != np.uint8 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 [k, S, S, 3], got {images.dtype} {images.shape}")
+    if images.shape[0] == 0 or masks.shape[0] != images.shape[0]:
+        raise ValueError(f"images and masks must hold the same k >= 1 entries, got "
+                         f"{images.shape[0]} images and {masks.shape[0]} masks")
+    if size < 1 or gap < 0:
+        raise ValueError(f"size must be >= 1 and gap >= 0, got size={size}, gap={gap}")
+    k = images.shape[0]
+    strip = np.full((size, k * size + (k - 1) * gap, 3), 255, dtype=np.uint8)
+    for i in range(k):
+        x = i * (size + gap)
+        strip[:, x:x + size] = shade_tile(images[i], masks[i].astype(bool), size, contour_color)
+    return Image.fromarray(strip)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a layer name (odd characters replaced, plus a short hash of the
+    original so that different names never collide)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name or safe in ("", ".", ".."):
+        safe = f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def strip_path(layer: str, unit: int) -> str:
+    """Relative path of a unit's strip: images/<layer>/unit_<unit:04d>.jpg (0-based unit)."""
+    return f"images/{safe_name(layer)}/unit_{int(unit):04d}.jpg"
+
+
+def save_strip(out_dir, layer: str, unit: int, images, masks, **kw) -> str:
+    """Render and save unit's strip as JPEG under out_dir; returns its path relative to out_dir
+    (what LayerResult.exemplar_strips holds). `unit` is the 0-based index."""
+    rel = strip_path(layer, unit)
+    path = Path(out_dir) / rel
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create exemplar directory '{path.parent}': {e.strerror or e}") from e
+    strip = render_strip(images, masks, **kw)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".strip-", suffix=".jpg")
+    os.close(fd)
+    try:
+        strip.save(tmp, format="JPEG", quality=90)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return rel

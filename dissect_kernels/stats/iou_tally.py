@@ -1,0 +1,286 @@
+"""IoUTally: the mergeable IoU accumulator. It sums exact int64 counts (intersection, truth,
+activation per category, pixel totals) over batches and turns them into IoU, IQR, labels and
+detector flags under each convention's union / epsilon / labelling rule.
+
+Counts kept (all int64 on `device`):
+  intersection [U, C]  Σ|A_u ∧ L_c|, per layer or any layer as the convention says;
+  truth [C]            Σ|L_c| (per layer when `Convention.truth_layers`);
+  activation [U, K]    the union's activation term for concepts of category k:
+                       "category": Σ_b |A_u,b| · [image b has a label of category k]  (ND, GD, exact)
+                       "touched":  Σ_b |A_u,b| · [an active pixel of u lies on category k] (NDL)
+                       "all":      Σ_b |A_u,b| for every k                                (DB)
+  active_total [U]     Σ_b |A_u,b|;
+  category_pixels [K]  H·W summed over the images where category k is present (GD's tot[k]);
+  total_pixels, images.
+
+Readings chosen where REFERENCE-CONVENTIONS leaves room:
+- gandissect's truth G is per layer: its `label_counts` is a bincount over every channel of the
+  segmentation, while its intersection uses "any channel = c" (Convention.truth_per_layer).
+- gandissect also marks label 0's category present in every image with an unlabelled pixel
+  (label 0 is in its per-image bincount). That quirk is not reproduced: concept 0 never counts.
+- dissect (DB) computes IoU from probabilities P(A)=A/N, P(C)=G/N, P(A∧C)=I/N in float64 from
+  exact counts (DB keeps float32 running means; we do not reproduce their rounding). 0/0 -> 0.
+  Column 0 of iou() is condition 0 ("all pixels"), whose IoU is P(A); it competes in best().
+  For the other conventions column 0 is 0 and never wins.
+- exact: I / (A + G - I) with no epsilon; 0/0 -> 0.
+- iqr() uses the convention's activation term as GD's cc and tot = category_pixels[cat(c)]
+  (total_pixels for the "all" union); column 0 is 0. Terms follow GD: each p·ln(·) NaN -> 0,
+  MI and JE clamped >= 0, IQR NaN -> 0.
+- best() ties: lowest concept id (global rule); per-category rule: lowest category among equal
+  bests, lowest concept id inside it. A unit with no concepts >= 1 gets label 0, IoU 0.
+- dissect: detectors() applies "best IoU > 0.04" to whatever wins best(), condition 0 included.
+- Merging or loading compares sizes, category_of and the convention *name*.
+
+Reference behaviour deliberately not reproduced (data-selection quirks, not scoring rules):
+ND's cap of 2048 (count, unit, label) triples per image; NDL's stale category flag for images
+with only image-level labels; GD's label-0 category presence (above); DB's float32 means.
+"""
+from __future__ import annotations
+
+import torch
+
+from dissect_kernels.conventions import Convention, get_convention
+from dissect_kernels.geometry import Geometry
+from dissect_kernels.ops import _checks
+from dissect_kernels.ops.label_stats import LabelStats, label_stats
+from dissect_kernels.ops.tally import TallyResult, tally
+
+_COUNTS = ("intersection", "truth", "activation", "active_total", "category_pixels",
+           "total_pixels", "images")
+
+
+class IoUTally:
+    """Streaming IoU / IQR accumulator for U units and C concepts under one convention."""
+
+    def __init__(self, num_units: int, num_concepts: int, category_of: torch.Tensor, *,
+                 num_categories: int | None = None, convention: "str | Convention" = "exact",
+                 device=None):
+        for name, v in (("num_units", num_units), ("num_concepts", num_concepts)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        category_of = _checks.tensor("category_of", category_of, ndim=1, dtypes=_checks.INT_DTYPES)
+        if category_of.shape[0] != num_concepts:
+            raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")
+        K = int(num_categories) if num_categories is not None else int(category_of.max()) + 1
+        if K < 1:
+            raise ValueError(f"num_categories must be >= 1, got {K}")
+        _checks.ids_in_range("category_of", category_of, K, "num_categories")
+        self.convention = get_convention(convention)
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.num_units, self.num_concepts, self.num_categories = num_units, num_concepts, K
+        self.category_of = category_of.to(self.device, torch.int64).clone()
+        U, C = num_units, num_concepts
+        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.intersection, self.truth, self.activation = z(U, C), z(C), z(U, K)
+        self.active_total, self.category_pixels = z(U), z(K)
+        self.total_pixels, self.images = z(()), z(())
+
+    # ---- accumulation -------------------------------------------------------------------
+    def update(self, acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor,
+               image_labels: torch.Tensor | None = None, *, geometry: "str | Geometry | None" = None,
+               backend: str = "auto") -> TallyResult:
+        """Tally one batch (dk.tally + dk.label_stats with the convention's options) and add
+        its counts. Returns the batch's TallyResult (per-image `active`/`max` for exemplars)."""
+        conv = self.convention
+        if geometry is None:
+            if conv.geometry == "receptive-field":
+                raise ValueError(f"convention {conv.name!r} upsamples through the layer's receptive "
+                                 "field: pass geometry=Geometry.receptive_field(offset, size, stride)")
+            geometry = conv.geometry
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 4 or acts.shape[1] != self.num_units:
+            shape = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
+            raise ValueError(f"acts must have shape [B, {self.num_units}, h, w] for this tally, got {shape}")
+        cat = self.category_of.to(acts.device)
+        touched = conv.union == "touched"
+        result = tally(acts, thresholds, labels, num_concepts=self.num_concepts,
+                       image_labels=image_labels, geometry=geometry, per_layer=conv.per_layer,
+                       category_of=cat if touched else None,
+                       num_categories=self.num_categories if touched else None, backend=backend)
+        stats = label_stats(labels, image_labels, num_concepts=self.num_concepts, category_of=cat,
+                            num_categories=self.num_categories, per_layer=conv.truth_layers)
+        self.update_counts(result, stats)
+        return result
+
+    def update_counts(self, result: TallyResult, stats: LabelStats) -> None:
+        """Add one batch's tally and label statistics (computed with this convention's options)."""
+        U, C, K = self.num_units, self.num_concepts, self.num_categories
+        B = result.active.shape[0]
+        expect = {"result.intersection": (result.intersection, (U, C)),
+                  "result.active": (result.active, (B, U)),
+                  "stats.pixels": (stats.pixels, (B, C)),
+                  "stats.present": (stats.present, (B, K))}
+        if self.convention.union == "touched":
+            expect["result.touched"] = (result.touched, (B, U, K))
+        for name, (t, shape) in expect.items():
+            if t is None:
+                raise ValueError(f"{name} is missing; convention {self.convention.name!r} needs it "
+                                 "(pass category_of to tally/label_stats)")
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+        dev = self.device
+        active = result.active.to(dev, torch.int64)
+        present = stats.present.to(dev)
+        union = self.convention.union
+        if union == "category":
+            act = (active[:, :, None] * present[:, None, :]).sum(0)
+        elif union == "touched":
+            act = (active[:, :, None] * result.touched.to(dev, torch.int64)).sum(0)
+        elif union == "all":
+            act = active.sum(0)[:, None].expand(U, K)
+        else:
+            raise ValueError(f"unknown union rule {union!r} in convention {self.convention.name!r}")
+        self.intersection += result.intersection.to(dev, torch.int64)
+        self.truth += stats.pixels.to(dev, torch.int64).sum(0)
+        self.activation += act
+        self.active_total += active.sum(0)
+        self.category_pixels += present.sum(0) * stats.image_pixels
+        self.total_pixels += B * stats.image_pixels
+        self.images += B
+
+    # ---- scores -------------------------------------------------------------------------
+    def _union_activation(self) -> torch.Tensor:
+        """[U, C] the activation term of each concept's union (its category's column)."""
+        return self.activation[:, self.category_of]
+
+    def iou(self) -> torch.Tensor:
+        """[U, C] float64 IoU under the convention (see the module docstring)."""
+        conv = self.convention
+        I = self.intersection.double()
+        G = self.truth.double()[None, :]
+        if conv.union == "all":
+            n = float(self.total_pixels)
+            if n == 0:
+                return torch.zeros_like(I)
+            pa = self.active_total.double()[:, None] / n
+            pc, pac = G / n, I / n
+            out = pac / (pa + pc - pac)
+            out = _nan_to_zero(out)
+            out[:, 0] = pa[:, 0]
+            return out
+        denom = (self._union_activation() + self.truth[None, :] - self.intersection).double()
+        out = I / (denom + conv.epsilon) if conv.epsilon else I / denom
+        return _nan_to_zero(out)
+
+    def iqr(self) -> torch.Tensor:
+        """[U, C] float64 information-quality ratio MI/JE of the 2x2 table (GD's formula)."""
+        I = self.intersection
+        cc = self.active_total[:, None].expand_as(I) if self.convention.union == "all" \
+            else self._union_activation()
+        G = self.truth[None, :].expand_as(I)
+        if self.convention.union == "all":
+            tot = self.total_pixels.expand(self.num_concepts)
+        else:
+            tot = self.category_pixels[self.category_of]
+        tot = tot[None, :].expand_as(I)
+        union = cc + G - I
+        table = torch.stack([torch.stack([I, cc - I]), torch.stack([G - I, tot - union])])
+        p = table.double() / tot.double()
+        out = iqr_from_table(p)
+        out[:, 0] = 0
+        return out
+
+    def best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label [U] int64, iou [U] float64): each unit's label under the convention's rule."""
+        scores = self.iou()
+        U, C = scores.shape
+        if self.convention.background_competes:
+            value, label = scores.max(dim=1)
+            return label, value
+        if C == 1:
+            return (torch.zeros(U, dtype=torch.int64, device=scores.device),
+                    torch.zeros(U, dtype=torch.float64, device=scores.device))
+        if self.convention.label_rule == "per-category":
+            return _best_per_category(scores, self.category_of, self.num_categories)
+        value, label = scores[:, 1:].max(dim=1)
+        return label + 1, value
+
+    def detectors(self) -> torch.Tensor:
+        """bool [U]: units whose best label passes the convention's detector rule."""
+        label, value = self.best()
+        iqr = None
+        if self.convention.detector_iqr is not None:
+            iqr = self.iqr().gather(1, label[:, None])[:, 0]
+        return self.convention.is_detector(value, iqr)
+
+    # ---- merge / state ------------------------------------------------------------------
+    def _check_same(self, other_cfg: dict, what: str) -> None:
+        mine = self._config()
+        for key in ("num_units", "num_concepts", "num_categories", "convention"):
+            if mine[key] != other_cfg[key]:
+                raise ValueError(f"cannot {what}: {key} differs ({mine[key]!r} here, {other_cfg[key]!r} there)")
+        if not torch.equal(self.category_of.cpu(), other_cfg["category_of"].cpu().long()):
+            raise ValueError(f"cannot {what}: category_of differs")
+
+    def _config(self) -> dict:
+        return dict(num_units=self.num_units, num_concepts=self.num_concepts,
+                    num_categories=self.num_categories, convention=self.convention.name,
+                    category_of=self.category_of)
+
+    def merge(self, other: "IoUTally") -> "IoUTally":
+        """Add another shard's counts (same sizes, categories and convention). Returns self."""
+        if not isinstance(other, IoUTally):
+            raise TypeError(f"can only merge another IoUTally, got {type(other).__name__}")
+        self._check_same(other._config(), "merge IoUTally")
+        for key in _COUNTS:
+            getattr(self, key).add_(getattr(other, key).to(self.device))
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors (safetensors-compatible): the counts plus the configuration."""
+        state = {key: getattr(self, key).clone() for key in _COUNTS}
+        state["category_of"] = self.category_of.clone()
+        state["sizes"] = torch.tensor([self.num_units, self.num_concepts, self.num_categories])
+        state["convention"] = torch.tensor(list(self.convention.name.encode()), dtype=torch.uint8)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore counts from state_dict(); a different configuration is a clear error."""
+        missing = [k for k in _COUNTS + ("category_of", "sizes", "convention") if k not in state]
+        if missing:
+            raise ValueError(f"IoUTally state is missing {missing}")
+        U, C, K = (int(v) for v in state["sizes"])
+        cfg = dict(num_units=U, num_concepts=C, num_categories=K,
+                   convention=bytes(state["convention"].tolist()).decode(),
+                   category_of=state["category_of"])
+        self._check_same(cfg, "load IoUTally state")
+        for key in _COUNTS:
+            target = getattr(self, key)
+            if tuple(state[key].shape) != tuple(target.shape):
+                raise ValueError(f"IoUTally state {key!r} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
+            target.copy_(state[key])
+
+
+def iqr_from_table(p: torch.Tensor) -> torch.Tensor:
+    """p [2, 2, ...] joint probabilities -> MI / JE, GD's way: every p·log(·) term that is NaN
+    (0·log 0, 0/0) counts 0, MI and JE are clamped >= 0, and a NaN ratio is 0."""
+    mi = torch.zeros(p.shape[2:], dtype=torch.float64, device=p.device)
+    je = torch.zeros_like(mi)
+    for j in range(2):
+        for k in range(2):
+            joint = p[j, k]
+            ind = p[j, :].sum(0) * p[:, k].sum(0)
+            mi += _nan_to_zero(joint * (joint / ind).log())
+            je += _nan_to_zero(joint * joint.log())
+    return _nan_to_zero(mi.clamp(min=0) / (-je).clamp(min=0))
+
+
+def _nan_to_zero(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isnan(t), torch.zeros_like(t), t)
+
+
+def _best_per_category(scores: torch.Tensor, category_of: torch.Tensor, K: int):
+    """ND/NDL: best concept inside each category, then the category with the highest best
+    (ties: the first category, and the lowest concept id inside it)."""
+    U = scores.shape[0]
+    value = torch.full((U,), float("-inf"), dtype=torch.float64, device=scores.device)
+    label = torch.zeros(U, dtype=torch.int64, device=scores.device)
+    ids = torch.arange(scores.shape[1], device=scores.device)
+    for k in range(K):
+        members = ids[(category_of == k) & (ids > 0)]
+        if members.numel() == 0:
+            continue
+        v, i = scores[:, members].max(dim=1)
+        better = v > value
+        value = torch.where(better, v, value)
+        label = torch.where(better, members[i], label)
+    return label, torch.where(torch.isinf(value), torch.zeros_like(value), value)

@@ -1,0 +1,146 @@
+"""Triton tally: one program per (image, block of units) walks the output pixels in blocks,
+interpolating in tally.h's exact fp32 order (launched with enable_fp_fusion=False).
+Map/label extents are constexpr (one compile per shape): loop bounds that are runtime scalars
+break Triton 3.6's interpreter under NumPy >= 2.4 (int() of a 1-element array)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from dissect_kernels.geometry import AxisTable
+
+# fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
+LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
+
+
+@triton.jit
+def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1,
+                  cat, inter, active, amax, touched,
+                  U, C, K, w: tl.constexpr, hw: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                  HW: tl.constexpr, L: tl.constexpr, M: tl.constexpr,
+                  PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr,
+                  BLOCK_U: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    u = tl.program_id(1).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U).to(tl.int64)
+    um = u < U
+    ubase = acts + b * s0 + u * s1  # [BLOCK_U] pointers to each map
+    t = tl.load(thr + u, mask=um, other=float("inf"))
+
+    # Max/min of each source map: the `max` output and the bound that skips dead units
+    # (safe because weights are >= 0 and pair sums are <= 1; see csrc/cuda/tally.cu).
+    mx = tl.full([BLOCK_U], float("-inf"), tl.float32)
+    mn = tl.full([BLOCK_U], float("inf"), tl.float32)
+    for j0 in range(0, hw, BLOCK_S):
+        j = j0 + tl.arange(0, BLOCK_S)
+        jm = um[:, None] & (j < hw)[None, :]
+        off = (j // w).to(tl.int64) * s2 + (j % w).to(tl.int64) * s3
+        v = tl.load(ubase[:, None] + off[None, :], mask=jm, other=0.0).to(tl.float32)
+        mx = tl.maximum(mx, tl.max(tl.where(jm, v, float("-inf")), axis=1))
+        mn = tl.minimum(mn, tl.min(tl.where(jm, v, float("inf")), axis=1))
+    pair_min = tl.full([BLOCK_S], 2.0, tl.float32)
+    for i0 in range(0, H, BLOCK_S):
+        i = i0 + tl.arange(0, BLOCK_S)
+        s = tl.load(yw0 + i, mask=i < H, other=1.0) + tl.load(yw1 + i, mask=i < H, other=1.0)
+        pair_min = tl.minimum(pair_min, s)
+    for i0 in range(0, W, BLOCK_S):
+        i = i0 + tl.arange(0, BLOCK_S)
+        s = tl.load(xw0 + i, mask=i < W, other=1.0) + tl.load(xw1 + i, mask=i < W, other=1.0)
+        pair_min = tl.minimum(pair_min, s)
+    convex = tl.min(pair_min, axis=0) >= 1.0 - 1e-6
+    mx_u = tl.where(um, mx, 0.0)  # padding units: keep -inf + inf out of the bound
+    mag = tl.maximum(tl.abs(mx_u), tl.abs(tl.where(um, mn, 0.0)))
+    bound = tl.where(convex, mx_u, tl.maximum(mx_u, 0.0)) + 4e-6 * mag + 1e-36
+    live = um & (bound > t)
+
+    lab_b = lab + b * L * HW
+    img_b = img + b * M
+    count = tl.zeros([BLOCK_U], tl.int64)
+    if tl.sum(live.to(tl.int32), axis=0) > 0:
+        for p0 in range(0, HW, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            pm = p < HW
+            y = p // W
+            x = p % W
+            iy0 = tl.load(yi0 + y, mask=pm, other=0).to(tl.int64)
+            iy1 = tl.load(yi1 + y, mask=pm, other=0).to(tl.int64)
+            wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
+            wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
+            ix0 = tl.load(xi0 + x, mask=pm, other=0).to(tl.int64)
+            ix1 = tl.load(xi1 + x, mask=pm, other=0).to(tl.int64)
+            wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
+            wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
+            m2 = live[:, None] & pm[None, :]
+            row0 = ubase[:, None] + (iy0 * s2)[None, :]
+            row1 = ubase[:, None] + (iy1 * s2)[None, :]
+            a00 = tl.load(row0 + (ix0 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
+            a01 = tl.load(row0 + (ix1 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
+            a10 = tl.load(row1 + (ix0 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
+            a11 = tl.load(row1 + (ix1 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
+            r0 = wx0[None, :] * a00 + wx1[None, :] * a01
+            r1 = wx0[None, :] * a10 + wx1[None, :] * a11
+            v = wy0[None, :] * r0 + wy1[None, :] * r1
+            act = (v > t[:, None]) & m2
+            n_act = tl.sum(act.to(tl.int64), axis=1)
+            count += n_act
+            if tl.sum(n_act, axis=0) > 0:
+                pix = tl.max(act.to(tl.int32), axis=0) > 0  # [BLOCK_P]: any unit active here
+                for layer in range(0, L):
+                    c = tl.load(lab_b + layer * HW + p, mask=pix, other=0)
+                    ok = pix & (c > 0)
+                    if not PER_LAYER:
+                        for l2 in range(0, layer):
+                            ok = ok & (tl.load(lab_b + l2 * HW + p, mask=pix, other=0) != c)
+                        for m in range(0, M):
+                            ok = ok & (tl.load(img_b + m) != c)
+                    hit = act & ok[None, :]
+                    tl.atomic_add(inter + u[:, None] * C + c[None, :], hit.to(tl.int64), mask=hit,
+                                  sem="relaxed")
+                    if HAS_TOUCHED:
+                        k = tl.load(cat + c, mask=ok, other=0)
+                        tl.store(touched + (b * U + u[:, None]) * K + k[None, :],
+                                 tl.full([BLOCK_U, BLOCK_P], 1, tl.uint8), mask=hit)
+
+    tl.store(active + b * U + u, count, mask=um)
+    tl.store(amax + b * U + u, mx, mask=um)
+    # Image-level labels cover every pixel: each counts every active pixel (once per id
+    # unless per_layer).
+    for m in range(0, M):
+        c = tl.load(img_b + m)
+        ok = c > 0
+        if not PER_LAYER:
+            for m2 in range(0, m):
+                ok = ok & (tl.load(img_b + m2) != c)
+        hit = um & (count > 0) & ok
+        tl.atomic_add(inter + u * C + c, count, mask=hit, sem="relaxed")
+        if HAS_TOUCHED:
+            k = tl.load(cat + c)
+            tl.store(touched + (b * U + u) * K + k, tl.full([BLOCK_U], 1, tl.uint8), mask=hit)
+
+
+def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: AxisTable,
+               num_concepts, per_layer, category_of, num_categories, out, *,
+               block_u: int | None = None, block_p: int | None = None) -> None:
+    """Same contract as reference.tally.tally_into: intersection +=, active/max/touched
+    written. labels int32 contiguous, thresholds fp32, tables on acts' device."""
+    B, U, h, w = acts.shape
+    _, L, H, W = labels.shape
+    M = 0 if image_labels is None else image_labels.shape[1]
+    has_touched = out.touched is not None
+    if has_touched:
+        out.touched.zero_()  # stream-ordered before the kernel, which only sets ones
+    bu = block_u or min(16, triton.next_power_of_2(U))  # 16x128 on sm_90: 128 regs, no spill
+    bp = block_p or min(128, max(16, triton.next_power_of_2(H * W)))
+    bs = min(64, max(16, triton.next_power_of_2(max(h * w, H, W))))
+    grid = (B, triton.cdiv(U, bu))
+    _tally_kernel[grid](
+        acts, *acts.stride(), thresholds, labels,
+        image_labels if image_labels is not None else labels,
+        *ytab, *xtab,
+        category_of if category_of is not None else labels,
+        out.intersection, out.active, out.max,
+        out.touched if has_touched else out.active,
+        U, num_concepts, num_categories or 1, w, h * w, H, W, H * W, L, M,
+        PER_LAYER=bool(per_layer), HAS_TOUCHED=has_touched,
+        BLOCK_U=bu, BLOCK_P=bp, BLOCK_S=bs,
+        **LAUNCH_OPTIONS,
+    )
