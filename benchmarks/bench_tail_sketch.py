@@ -2,7 +2,7 @@
 per unit, and update throughput on [2M, 512] float32 against the references' KLL (R = 6144).
 
     PYTHONPATH=. python benchmarks/bench_tail_sketch.py full   # 1e8 x 4 units, streamed
-    PYTHONPATH=. python benchmarks/bench_tail_sketch.py wide [rows units kll_rows]
+    PYTHONPATH=. python benchmarks/bench_tail_sketch.py wide [rows units kll_rows numpy_ref]
 
 Floor: the update reads each value once (4 B); at ~10 GB/s that is ~2.5 G values/s, far above
 what a per-value compare + (for the ~half non-zero bulk values) a 13-level binary search costs
@@ -64,10 +64,17 @@ def full(N=100_000_000, U=4, chunk=1_000_000):
                   f"(bound {float(bnd[u, j]):.2e})  KLL R=6144 err {rank_error(keep[u], float(kq[u, j]), q):.2e}")
 
 
-def wide(rows=2_000_000, U=512, kll_rows=2_000_000, batch=16384):
+def wide(rows=2_000_000, U=512, kll_rows=2_000_000, numpy_ref=0, batch=16384):
     """Update throughput on [rows, U] streamed in batches (generation not timed), sketch vs the
-    KLL reference on the same batches (the KLL on the first kll_rows rows)."""
-    sk, kll = TailSketch(U), KLLReference(U)
+    KLL reference on the same batches (the KLL on the first kll_rows rows). numpy_ref=1 uses
+    reference/quantile.py's numpy KLLSketch instead of reference/kll_reference.py (torch)."""
+    sk = TailSketch(U)
+    if numpy_ref:
+        from dissect_kernels.reference.quantile import KLLSketch
+        np_kll = KLLSketch(U, resolution=6144)
+        kll = type("K", (), {"add": staticmethod(lambda x: np_kll.add(x.numpy()))})
+    else:
+        kll = KLLReference(U)
     ts = [0.0, 0.0, 0.0, 0.0]  # sketch wall, cpu, kll wall, cpu
     for i in range(0, rows, batch):
         x = gen(min(batch, rows - i), U, seed=i)
