@@ -64,10 +64,10 @@ def full(N=100_000_000, U=4, chunk=1_000_000):
                   f"(bound {float(bnd[u, j]):.2e})  KLL R=6144 err {rank_error(keep[u], float(kq[u, j]), q):.2e}")
 
 
-def wide(rows=2_000_000, U=512, kll_rows=2_000_000, numpy_ref=0, batch=16384):
+def wide(rows=2_000_000, U=512, kll_rows=2_000_000, numpy_ref=1, batch=16384):
     """Update throughput on [rows, U] streamed in batches (generation not timed), sketch vs the
-    KLL reference on the same batches (the KLL on the first kll_rows rows). numpy_ref=1 uses
-    reference/quantile.py's numpy KLLSketch instead of reference/kll_reference.py (torch)."""
+    KLL reference on the same batches (the KLL on the first kll_rows rows). numpy_ref=1 (default)
+    uses reference/quantile.py's numpy KLLSketch, 0 uses reference/kll_reference.py (torch)."""
     sk = TailSketch(U)
     if numpy_ref:
         from dissect_kernels.reference.quantile import KLLSketch
