@@ -2,7 +2,7 @@
 per unit, and update throughput on [2M, 512] float32 against the references' KLL (R = 6144).
 
     PYTHONPATH=. python benchmarks/bench_tail_sketch.py full   # 1e8 x 4 units, streamed
-    PYTHONPATH=. python benchmarks/bench_tail_sketch.py wide [rows units kll_rows numpy_ref]
+    PYTHONPATH=. python benchmarks/bench_tail_sketch.py wide [rows units kll_rows]
 
 Floor: the update reads each value once (4 B); at ~10 GB/s that is ~2.5 G values/s, far above
 what a per-value compare + (for the ~half non-zero bulk values) a 13-level binary search costs
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from dissect_kernels.reference.kll_reference import KLLReference
+from dissect_kernels.reference.quantile import KLLSketch
 from dissect_kernels.stats.tail_sketch import TailSketch
 
 QS = [0.9, 0.99, 0.995, 0.999]
@@ -43,7 +43,7 @@ def rank_error(sorted_u: np.ndarray, v: float, q: float) -> float:
 def full(N=100_000_000, U=4, chunk=1_000_000):
     """1e8 values per unit streamed in chunks; the exact answer from the concatenated data."""
     sk = TailSketch(U)
-    kll = KLLReference(U, resolution=6144)
+    kll = KLLSketch(U, resolution=6144)
     keep = np.empty((U, N), dtype=np.float32)
     wall = cpu = 0.0
     for i in range(0, N, chunk):
@@ -51,7 +51,7 @@ def full(N=100_000_000, U=4, chunk=1_000_000):
         keep[:, i:i + chunk] = x.t().numpy()
         w, c = timed(lambda: sk.update(x))
         wall, cpu = wall + w, cpu + c
-        kll.add(x)
+        kll.add(x.numpy())
     est, bnd = sk.quantile(QS), sk.rank_error_bound(QS)
     kq = kll.quantiles(QS)
     print(f"N={N} U={U}: sketch update {N * U / wall / 1e6:.1f} M values/s wall, "
@@ -64,17 +64,13 @@ def full(N=100_000_000, U=4, chunk=1_000_000):
                   f"(bound {float(bnd[u, j]):.2e})  KLL R=6144 err {rank_error(keep[u], float(kq[u, j]), q):.2e}")
 
 
-def wide(rows=2_000_000, U=512, kll_rows=2_000_000, numpy_ref=1, batch=16384):
+def wide(rows=2_000_000, U=512, kll_rows=2_000_000, batch=16384):
     """Update throughput on [rows, U] streamed in batches (generation not timed), sketch vs the
-    KLL reference on the same batches (the KLL on the first kll_rows rows). numpy_ref=1 (default)
-    uses reference/quantile.py's numpy KLLSketch, 0 uses reference/kll_reference.py (torch)."""
+    netdissect-style KLL reference (reference/quantile.py, R=6144) on the same batches (the KLL
+    on the first kll_rows rows)."""
     sk = TailSketch(U)
-    if numpy_ref:
-        from dissect_kernels.reference.quantile import KLLSketch
-        np_kll = KLLSketch(U, resolution=6144)
-        kll = type("K", (), {"add": staticmethod(lambda x: np_kll.add(x.numpy()))})
-    else:
-        kll = KLLReference(U)
+    np_kll = KLLSketch(U, resolution=6144)
+    kll = type("K", (), {"add": staticmethod(lambda x: np_kll.add(x.numpy()))})
     ts = [0.0, 0.0, 0.0, 0.0]  # sketch wall, cpu, kll wall, cpu
     for i in range(0, rows, batch):
         x = gen(min(batch, rows - i), U, seed=i)
