@@ -14,9 +14,11 @@ DEFAULT_OUT = "dissect_results"
 DEFAULT_SYNTHETIC_IMAGES = 600
 
 
-def one_line(err) -> str:
-    """An exception's message on one line (load_state_dict's are multi-line)."""
-    return " ".join(str(err).split())
+def one_line(err, limit: int = 400) -> str:
+    """An exception's message on one line (load_state_dict's are multi-line), at most `limit`
+    characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(spec: str, weights: str | None):

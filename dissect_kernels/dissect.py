@@ -288,8 +288,9 @@ class DissectionRun:
     def _finish_quantiles(self) -> None:
         for s in self.states:
             if s.sketch is None:
+                first = next(iter(sorted(self.loader.skipped.items())), (None, "none"))
                 raise ValueError("no readable images in the dataset: every sample was skipped "
-                                 f"({len(self.loader.skipped)} unreadable)")
+                                 f"({len(self.loader.skipped)} unreadable; the first: {first[1]})")
             ddp.merge_across_ranks(s.sketch)
             ddp.merge_across_ranks(s.topk)
             s.thresholds = s.sketch.quantile(self.q).float()

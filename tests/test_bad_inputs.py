@@ -107,6 +107,30 @@ def test_label_ids_out_of_range_name_the_image(tmp_path, bad):
     assert outputs(tmp_path) == {}
 
 
+def test_a_data_error_keeps_the_checkpoint_and_the_rerun_resumes(tmp_path):
+    """Image 40 (batch 3 of pass 1) is bad: batches 1-2 are checkpointed, the fixed rerun
+    recomputes only batch 3 of pass 1 (then pass 2) and equals a fresh run."""
+    broken = {"on": True}
+
+    def change(i, item):
+        if broken["on"] and i == 40:
+            item["labels"][0, 0, 0] = 6
+        return item
+
+    data, model = Items(change), CountingPlanted()    # the weights are part of the run's key
+    CountingPlanted.calls = 0
+    with pytest.raises(ValueError, match="image 40"):
+        dk.dissect(model, "units", data, out_dir=tmp_path, checkpoint_interval=0, **KW)
+    assert CountingPlanted.calls == 2 and has_checkpoint(tmp_path) and outputs(tmp_path) == {}
+    broken["on"] = False
+    CountingPlanted.calls = 0
+    resumed = dk.dissect(model, "units", data, out_dir=tmp_path, **KW)
+    assert CountingPlanted.calls == 1 + 3
+    fresh = dk.dissect(Planted(), "units", data, **KW)
+    for key in ("iou", "thresholds", "topk_indices"):
+        assert torch.equal(getattr(resumed.layers["units"], key), getattr(fresh.layers["units"], key))
+
+
 def test_image_label_ids_out_of_range_name_the_image():
     def change(i, item):
         if i == 30:
@@ -182,7 +206,8 @@ def corrupt(bad):
 
 
 def test_every_image_unreadable(tmp_path):
-    with pytest.raises(ValueError, match=r"every sample was skipped \(48 unreadable\)"):
+    with pytest.raises(ValueError, match=r"every sample was skipped \(48 unreadable; "
+                                         r"the first: image 0: cannot decode"):
         dk.dissect(Planted(), "units", Items(corrupt(None)), out_dir=tmp_path, **KW)
     assert outputs(tmp_path) == {}
 
@@ -201,13 +226,16 @@ def test_some_images_unreadable_are_counted_and_reported(tmp_path):
     assert [int(layer.best_label[j]) for j in range(4)] == [1, 2, 3, 4]
     assert not (set(layer.topk_indices.flatten().tolist()) & {3, 17, 40})
     assert has_checkpoint(tmp_path) is False                    # a finished run cleans up
+    strips = [rel for rel in layer.exemplar_strips.values() if rel]
+    page = (tmp_path / "report.html").read_text()
+    assert strips and all((tmp_path / rel).is_file() and rel in page for rel in strips)
 
 
 def test_intervene_unit_ids_out_of_range(data):
     model = Planted()
     x = torch.stack([data[i]["image"] for i in range(2)])
     for sets in ([[0, 7]], [[-1]], torch.tensor([[2, 9]])):
-        with pytest.raises(ValueError, match=r"unit ids.*7 units.*\[0, 7\)"):
+        with pytest.raises(ValueError, match=r"layer 'units'.*unit ids.*7 units.*\[0, 7\)"):
             dk.intervene(model, "units", sets, x)
     with pytest.raises(LookupError, match="unitz"):
         dk.intervene(model, "unitz", [[0]], x)
@@ -240,13 +268,14 @@ def _enospc(*args, **kw):
 
 
 @pytest.mark.parametrize("writer", ["dissect_kernels.results._write_units_csv",
-                                    "dissect_kernels.results._write_summary",
                                     "dissect_kernels.results.save_file",
                                     "dissect_kernels.report.html.html_page"])
 def test_disk_full_keeps_the_earlier_run_and_resumes(data, tmp_path, monkeypatch, writer):
     dk.dissect(Planted(), "units", data, out_dir=tmp_path, **KW)
     before = outputs(tmp_path)
     assert set(before) == set(OUTPUTS)
+    strips = {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.jpg")}
+    assert strips
 
     kw = dict(KW, quantile=0.99)              # another run into the same folder
     model = CountingPlanted()
@@ -257,6 +286,7 @@ def test_disk_full_keeps_the_earlier_run_and_resumes(data, tmp_path, monkeypatch
     assert err.value.errno == errno.ENOSPC
     assert outputs(tmp_path) == before        # all four intact, no temp file left
     assert not list(tmp_path.glob(".staging-*"))
+    assert {p: p.read_bytes() for p in (tmp_path / "images").rglob("*.jpg")} == strips
     assert has_checkpoint(tmp_path)
     full = CountingPlanted.calls
     monkeypatch.undo()
@@ -351,3 +381,34 @@ def test_cli_subprocess_bad_layers(tmp_path):
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "--layers" in err and "unitz" in err
     assert outputs(out) == {}
+
+
+# ------------------------------------------------------------------ a Broden on disk
+
+try:
+    from dissect_kernels.data import BrodenDataset, make_synthetic_broden
+except ImportError:          # the data layer lands in main separately
+    BrodenDataset = make_synthetic_broden = None
+needs_broden = pytest.mark.skipif(BrodenDataset is None,
+                                  reason="dissect_kernels.data.BrodenDataset is not in this tree")
+
+
+@needs_broden
+def test_cli_folder_that_is_not_a_broden_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _cli_fails(["dissect", "--model", "planted:Planted", "--layers", "units",
+                "--dataset", f"broden:{tmp_path / 'empty'}"], tmp_path / "out", "--dataset", "empty")
+
+
+@needs_broden
+def test_broden_on_disk_with_unreadable_images(tmp_path):
+    root = make_synthetic_broden(tmp_path / "broden", n_images=12, seed=0, image_size=32)
+    data = BrodenDataset(root)
+    for i in (2, 7):
+        path = Path(data.image_path(i))
+        path.write_bytes(path.read_bytes()[:20])          # a truncated file
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1))
+    result = dk.dissect(model, "0", BrodenDataset(root), out_dir=tmp_path / "out", batch_size=4,
+                        progress=False, backend="cpu")
+    assert result.skipped == 2 and result.skip_reasons == {"unreadable": 2}
+    assert (tmp_path / "out" / "summary.json").is_file()
