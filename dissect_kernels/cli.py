@@ -32,7 +32,11 @@ def load_model(spec: str, weights: str | None):
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise SystemExit(f"--model {spec!r}: cannot import it ({err})") from err
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # noqa: BLE001 - the user's factory; say which one failed
+        raise SystemExit(f"--model {spec!r}: calling it failed ({type(err).__name__}: "
+                         f"{one_line(err)})") from err
     if not isinstance(model, torch.nn.Module):
         raise SystemExit(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights:

@@ -144,7 +144,11 @@ def layer_context(name: str):
     except (ValueError, TypeError) as err:
         if f"layer {name!r}" in str(err):
             raise
-        raise type(err)(f"layer {name!r}: {err}") from err
+        try:
+            named = type(err)(f"layer {name!r}: {err}")
+        except Exception:  # noqa: BLE001 - an exception type that needs other arguments
+            raise err from None
+        raise named from err
 
 
 class DissectionRun:

@@ -341,6 +341,10 @@ def test_cli_user_errors(tmp_path, monkeypatch):
     _cli_fails(["dissect", "--model", "planted.Planted", "--layers", "units"], out, "--model")
     _cli_fails(["dissect", "--model", "planted:Nope", "--layers", "units"], out, "--model", "Nope")
     _cli_fails(["dissect", "--model", "no_such_module:f", "--layers", "units"], out, "--model")
+    _cli_fails(["dissect", "--model", "test_bad_inputs:Poison", "--layers", "units"], out,
+               "--model", "Poison", "value")          # a factory that needs arguments
+    _cli_fails(["dissect", "--model", "planted:PlantedDataset", "--layers", "units"], out,
+               "--model", "not a torch.nn.Module")
     _cli_fails(base[:2] + ["planted:Planted", "--layers", "unitz"] + base[5:], out, "--layers", "unitz")
     _cli_fails(base[:4] + [" , "] + base[5:], out, "--layers")
     _cli_fails(base + ["--convention", "netdisect"], out, "--convention", "netdisect")
