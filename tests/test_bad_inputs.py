@@ -196,6 +196,15 @@ def test_unknown_layer_and_empty_dataset_write_nothing(data, tmp_path):
         dk.dissect(Planted(), "units", PlantedDataset(n_images=0), out_dir=tmp_path, **KW)
     assert outputs(tmp_path) == {} and not has_checkpoint(tmp_path)
 
+    class Spare(Planted):
+        def __init__(self):
+            super().__init__()
+            self.spare = nn.Conv2d(7, 7, 1)                   # never called by forward
+
+    with pytest.raises(RuntimeError, match="spare.*did not run"):
+        dk.dissect(Spare(), "spare", data, out_dir=tmp_path, **KW)
+    assert outputs(tmp_path) == {}
+
 
 def corrupt(bad):
     def change(i, item):
