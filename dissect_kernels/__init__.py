@@ -1,5 +1,7 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
+from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
 from dissect_kernels.dissect import dissect
+from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
 from dissect_kernels.intervene import AblationResult, classifier_ablation, intervene, plot_ablation
@@ -13,6 +15,7 @@ from dissect_kernels.stats.quantile import QuantileSketch
 from dissect_kernels.stats.topk import TopK
 
 __all__ = [
+    "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
     "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
     "LayerResult", "QuantileSketch", "StopForward", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",

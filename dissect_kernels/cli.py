@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=cmd_dissect)
+    from dissect_kernels.cli_gan import add_gan_parser
+    add_gan_parser(sub)
     return parser
 
 

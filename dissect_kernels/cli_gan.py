@@ -1,0 +1,133 @@
+"""`dissect-kernels gan`: GAN dissection + ACE ranking of one layer. With no arguments it runs
+on the shipped tiny generator and its exact palette segmenter and writes results, report.html
+and ace.html. Register with add_gan_parser(subparsers); `python -m dissect_kernels.cli_gan` also works."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+import torch
+
+
+def _factory(spec: str):
+    """'package.module:callable' -> the callable's return value."""
+    if ":" not in spec:
+        raise SystemExit(f"expected 'module.path:callable', got {spec!r}")
+    mod, name = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), name)()
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"cannot load {spec!r}: {e}") from e
+
+
+def add_gan_parser(sub) -> argparse.ArgumentParser:
+    """Add the `gan` subcommand to an argparse subparsers object."""
+    p = sub.add_parser("gan", help="dissect a generator and rank its units by causal effect",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--generator", help="module:callable returning the generator (default: shipped tiny GAN)")
+    p.add_argument("--weights", help="safetensors or torch state dict for --generator")
+    p.add_argument("--segmenter", help="module:callable returning the segmenter (default: palette segmenter)")
+    p.add_argument("--layer", default=None, help="layer to dissect (default: the tiny GAN's planted layer3)")
+    p.add_argument("--concept", default=None, help="concept for the ACE ranking (default: the first non-background)")
+    p.add_argument("--num-samples", type=int, default=160)
+    p.add_argument("--ace-samples", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--convention", default="exact", choices=["exact", "gandissect"])
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the generator's device)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
+                   help="tally kernel backend (default: auto)")
+    p.add_argument("--top-k", type=int, default=None, help="exemplars per unit (default: the convention's)")
+    p.add_argument("--out", type=Path, default=Path("results/gan"))
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run_gan, func=run_gan)   # the main CLI dispatches on `run`
+    return p
+
+
+def _load(args):
+    from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
+    if args.generator:
+        gen = _factory(args.generator)
+        if args.weights:
+            if args.weights.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                state = load_file(args.weights)
+            else:
+                state = torch.load(args.weights, map_location="cpu", weights_only=True)
+            gen.load_state_dict(state)
+        gen.eval()
+        layer = args.layer
+        if layer is None:
+            raise SystemExit("--layer is required with --generator")
+    else:
+        gen, layer = load_default_generator(), args.layer or tiny_gan_info()["layer"]
+    seg = _factory(args.segmenter) if args.segmenter else default_segmenter()
+    return gen, layer, seg
+
+
+def run_gan(args) -> int:
+    """Dissect, rank units by ACE for one concept, write results + report.html + ace.html."""
+    from dissect_kernels.ace import rank_units_by_ace
+    from dissect_kernels.generator import dissect_generator, make_z_sampler, segmenter_info
+    from dissect_kernels.intervene import intervene
+    from dissect_kernels.report import write_report
+    from dissect_kernels.report.ace_page import save_image_strip, write_ace_page
+    from dissect_kernels.results import save_results
+
+    t0 = time.perf_counter()
+    gen, layer, seg = _load(args)
+    device = torch.device(args.device) if args.device else None
+    if device is not None:
+        gen = gen.to(device)
+    progress = not args.quiet
+    names = segmenter_info(seg)[1]
+    concept = args.concept if args.concept is not None else names[1]
+    if concept not in names:
+        raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
+    result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
+                               convention=args.convention, batch_size=args.batch_size, device=device,
+                               out_dir=args.out, progress=progress, backend=args.backend,
+                               top_k=args.top_k)
+    lr = result.layers[layer]
+    t1 = time.perf_counter()
+    ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
+                                batch_size=min(args.batch_size, 16), device=device, progress=progress)
+    # Before/after strips of every unit on a few samples (same z as the ranking), batched.
+    z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
+    z = z_of(torch.arange(min(6, args.ace_samples)))
+    units = torch.arange(lr.num_units)[:, None]
+    with torch.no_grad():
+        original = save_image_strip(args.out, "images/ace/original.png", gen(z))
+        ablated = intervene(gen, layer, units, z, mode="ablate", chunk_size=8)
+        inserted = intervene(gen, layer, units, z, mode="insert", values=ranking.value.to(z.device), chunk_size=8)
+    strips = {u: {"original": original,
+                  "ablated": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_ablated.png", ablated[u]),
+                  "inserted": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_inserted.png",
+                                               inserted[u])}
+              for u in range(lr.num_units)}
+    result.timing["ace"] = time.perf_counter() - t1
+    top = ranking.order[:5].tolist()
+    lr.extra["ace"] = {"concept": concept, "page": "ace.html", "samples": ranking.num_samples,
+                       "top_units": top, "top_ace": [round(float(ranking.ace[u]), 4) for u in top]}
+    save_results(args.out, result)
+    report = write_report(args.out, result, title="GAN dissection report")
+    page = write_ace_page(args.out, lr, ranking, concept, unit_base=result.unit_base, strips=strips)
+    n_det = lr.num_detectors
+    print(f"{layer}: {n_det}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
+          f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
+    print(f"wrote {report} and {page} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="dissect-kernels")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_gan_parser(sub)
+    args = ap.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
