@@ -413,15 +413,31 @@ def test_cli_folder_that_is_not_a_broden_dataset(tmp_path):
                 "--dataset", f"broden:{tmp_path / 'empty'}"], tmp_path / "out", "--dataset", "empty")
 
 
+def tiny_cnn():
+    """A 4-unit conv layer named "0" (a --model factory for the CLI tests)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1))
+
+
 @needs_broden
-def test_broden_on_disk_with_unreadable_images(tmp_path):
+def test_broden_on_disk_with_unreadable_images(tmp_path, capsys):
+    """Truncated image files on disk are skipped, counted and listed; API and CLI finish."""
+    import json
+
     root = make_synthetic_broden(tmp_path / "broden", n_images=12, seed=0, image_size=32)
     data = BrodenDataset(root)
     for i in (2, 7):
         path = Path(data.image_path(i))
         path.write_bytes(path.read_bytes()[:20])          # a truncated file
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1))
-    result = dk.dissect(model, "0", BrodenDataset(root), out_dir=tmp_path / "out", batch_size=4,
-                        progress=False, backend="cpu")
+    result = dk.dissect(tiny_cnn(), "0", BrodenDataset(root), out_dir=tmp_path / "out",
+                        batch_size=4, progress=False, backend="cpu")
     assert result.skipped == 2 and result.skip_reasons == {"unreadable": 2}
-    assert (tmp_path / "out" / "summary.json").is_file()
+    listed = json.loads((tmp_path / "out" / "summary.json").read_text())["dataset"]["skipped_samples"]
+    assert sorted(listed) == ["2", "7"] and "000007" in listed["7"]
+
+    out = tmp_path / "cli_out"
+    code = cli.main(["dissect", "--model", "test_bad_inputs:tiny_cnn", "--layers", "0",
+                     "--dataset", f"broden:{root}", "--out", str(out), "--quiet",
+                     "--batch-size", "4", "--backend", "cpu"])
+    assert code == 0 and set(outputs(out)) == set(OUTPUTS)
+    assert "skipped 2 samples" in capsys.readouterr().out

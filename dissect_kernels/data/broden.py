@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from dissect_kernels.data import errors
 from dissect_kernels.data.transforms import imagenet_transform
 
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
@@ -29,9 +30,10 @@ class BrodenFormatError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class CorruptSampleError(BrodenFormatError):
+class CorruptSampleError(BrodenFormatError, errors.CorruptSampleError):
     """One sample cannot be loaded (missing/unreadable image or label PNG, wrong size, unknown
-    label id). Drivers catch this to count and skip the image; `.index` is the dataset index."""
+    label id). Drivers catch this (as data.errors.CorruptSampleError, the one base every dataset's
+    sample errors share) to count and skip the image; `.index` is the dataset index."""
 
     def __init__(self, path, message: str, index: int, line: int | None = None):
         self.index = index
