@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also dissect each layer under a random orthogonal rotation of its units")
     d.add_argument("--max-images", type=int, help="use only the first N images of the dataset")
     d.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    d.add_argument("--seed", type=int, default=1,
+                   help="seed of the synthetic dataset (default 1: images the default model "
+                        "never saw in training, which used seed 0)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(run=cmd_dissect)
     from dissect_kernels.cli_gan import add_gan_parser

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dissect_kernels.data import errors
+from dissect_kernels.data.errors import BrodenFormatError, CorruptSampleError
 from dissect_kernels.data.transforms import imagenet_transform
 
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
@@ -19,25 +19,6 @@ CATEGORY_COLUMNS = ("name", "first", "last", "count", "frequency")
 LABEL_COLUMNS = ("number", "name", "category", "frequency", "coverage")
 CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
 _CATEGORY_FIELD = re.compile(r"^\s*([^();]+?)\s*\(\s*(\d+)\s*\)\s*$")
-
-
-class BrodenFormatError(ValueError):
-    """A Broden file is malformed; the message names the file (and line where known)."""
-
-    def __init__(self, path, message: str, line: int | None = None):
-        self.path, self.line = Path(path), line
-        where = f"{path}" if line is None else f"{path}, line {line}"
-        super().__init__(f"{where}: {message}")
-
-
-class CorruptSampleError(BrodenFormatError, errors.CorruptSampleError):
-    """One sample cannot be loaded (missing/unreadable image or label PNG, wrong size, unknown
-    label id). Drivers catch this (as data.errors.CorruptSampleError, the one base every dataset's
-    sample errors share) to count and skip the image; `.index` is the dataset index."""
-
-    def __init__(self, path, message: str, index: int, line: int | None = None):
-        self.index = index
-        super().__init__(path, message, line)
 
 
 def read_csv(path: Path, required) -> list[tuple[int, dict]]:

@@ -11,6 +11,7 @@ from dissect_kernels.models.small_cnn import SmallCNN
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_WEIGHTS = ASSETS / "default_cnn.safetensors"
 DEFAULT_CONFIG = ASSETS / "default_cnn.json"
+DEFAULT_LAYERS = ("conv3", "conv4")   # the layers `dissect-kernels dissect` reads by default
 
 
 def default_model_info() -> dict:
@@ -36,4 +37,5 @@ def load_default_model(device=None) -> SmallCNN:
     return model.to(device) if device is not None else model
 
 
-__all__ = ["SmallCNN", "load_default_model", "default_model_info", "DEFAULT_WEIGHTS", "DEFAULT_CONFIG"]
+__all__ = ["SmallCNN", "load_default_model", "default_model_info", "DEFAULT_WEIGHTS", "DEFAULT_CONFIG",
+           "DEFAULT_LAYERS"]
