@@ -40,24 +40,31 @@ def load_model(spec: str, weights: str | None):
     if not isinstance(model, torch.nn.Module):
         raise SystemExit(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise SystemExit(f"--weights {weights!r}: no such file")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path))
-            else:
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
-            raise SystemExit(f"--weights {weights!r}: cannot read a state dict from it "
-                             f"({one_line(err)})") from err
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as err:
-            raise SystemExit(f"--weights {weights!r} do not fit --model {spec!r}: "
-                             f"{one_line(err)}") from err
+        load_weights(model, weights, "--model", spec)
     return model
+
+
+def load_weights(model, weights: str, flag: str, spec: str) -> None:
+    """Load a safetensors (or torch) state dict into `model`; user errors exit with one line."""
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise SystemExit(f"--weights {weights!r}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+        raise SystemExit(f"--weights {weights!r}: cannot read a state dict from it "
+                         f"({one_line(err)})") from err
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise SystemExit(f"--weights {weights!r} do not fit {flag} {spec!r}: "
+                         f"{one_line(err)}") from err
 
 
 def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None):
@@ -138,17 +145,11 @@ def cmd_dissect(args) -> int:
         ensure_dir(out_dir)
     except OSError as err:
         raise SystemExit(f"--out {str(out_dir)!r}: {one_line(err)}") from err
-    try:
-        result = dk.dissect(model, names, dataset,
-                            convention=args.convention, quantile=args.quantile,
-                            batch_size=args.batch_size, device=args.device, out_dir=out_dir,
-                            progress=not args.quiet, backend=args.backend, rotation=args.rotation,
-                            top_k=args.top_k, num_workers=args.num_workers)
-    except (ValueError, TypeError, LookupError, OSError) as err:
-        if os.environ.get("DK_TRACEBACK"):
-            raise
-        # bad data or an unwritable --out: one line, no traceback (DK_TRACEBACK=1 shows it)
-        raise SystemExit(f"dissect-kernels: error: {one_line(err)}") from err
+    result = dk.dissect(model, names, dataset,
+                        convention=args.convention, quantile=args.quantile,
+                        batch_size=args.batch_size, device=args.device, out_dir=out_dir,
+                        progress=not args.quiet, backend=args.backend, rotation=args.rotation,
+                        top_k=args.top_k, num_workers=args.num_workers)
     print_top_units(result)
     if result.skipped:
         print(f"\nskipped {result.skipped} samples {result.skip_reasons} (listed in summary.json)")
@@ -206,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, LookupError, OSError) as err:
+        if os.environ.get("DK_TRACEBACK"):
+            raise
+        # bad data or an unwritable --out: one line, no traceback (DK_TRACEBACK=1 shows it)
+        raise SystemExit(f"dissect-kernels: error: {one_line(err)}") from err
 
 
 if __name__ == "__main__":

@@ -209,14 +209,14 @@ def test_unknown_layer_and_empty_dataset_write_nothing(data, tmp_path):
 def corrupt(bad):
     def change(i, item):
         if bad is None or i in bad:
-            raise CorruptSampleError(f"image {i}: cannot decode its PNG")
+            raise CorruptSampleError(f"images/{i:04d}.png", "image cannot be read (cannot decode it)", i)
         return item
     return change
 
 
 def test_every_image_unreadable(tmp_path):
     with pytest.raises(ValueError, match=r"every sample was skipped \(48 unreadable; "
-                                         r"the first: image 0: cannot decode"):
+                                         r"the first: images/0000.png: image cannot be read"):
         dk.dissect(Planted(), "units", Items(corrupt(None)), out_dir=tmp_path, **KW)
     assert outputs(tmp_path) == {}
 
@@ -441,3 +441,20 @@ def test_broden_on_disk_with_unreadable_images(tmp_path, capsys):
                      "--batch-size", "4", "--backend", "cpu"])
     assert code == 0 and set(outputs(out)) == set(OUTPUTS)
     assert "skipped 2 samples" in capsys.readouterr().out
+
+
+def test_cli_gan_user_errors(tmp_path):
+    """The gan subcommand: a bad --layer or --weights is one line naming the flag."""
+    gen = "dissect_kernels.models.tiny_gan:TinyGenerator"
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        cli.main(["gan", "--generator", gen, "--layer", "layer33", "--out", str(out), "--quiet"])
+    assert "--layer" in str(err.value.code) and "layer33" in str(err.value.code)
+    bad = tmp_path / "g.safetensors"
+    save_file({"nope.weight": torch.zeros(2)}, str(bad))
+    with pytest.raises(SystemExit) as err:
+        cli.main(["gan", "--generator", gen, "--weights", str(bad), "--layer", "layer3",
+                  "--out", str(out), "--quiet"])
+    msg = str(err.value.code)
+    assert "--weights" in msg and "g.safetensors" in msg and "\n" not in msg
+    assert outputs(out) == {}
