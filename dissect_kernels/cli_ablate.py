@@ -349,13 +349,14 @@ def run_ablate(args) -> int:
 
 
 def main(argv=None) -> int:
+    """`python -m dissect_kernels.cli_ablate [flags]`: the same as `dissect-kernels ablate [flags]`."""
+    import sys
     ap = argparse.ArgumentParser(prog="dissect-kernels")
     sub = ap.add_subparsers(dest="command", required=True)
     add_ablate_parser(sub)
-    args = ap.parse_args(["ablate", *(argv or [])] if argv is None or argv[:1] != ["ablate"] else argv)
+    args = ap.parse_args(["ablate", *(sys.argv[1:] if argv is None else argv)])
     return args.run(args)
 
 
 if __name__ == "__main__":
-    import sys
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

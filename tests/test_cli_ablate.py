@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dissect_kernels import cli, cli_ablate
@@ -142,6 +142,12 @@ def test_bad_flags_give_one_clear_line(tmp_path, capsys):
             "--layer", "feat", "--targets", "red,blue,green")
     with pytest.raises(SystemExit, match="--eval-split 'test': the dataset has no images in that split"):
         run(tmp_path, "--dataset", "synthetic:12", "--eval-split", "test")
+    with pytest.raises(SystemExit, match="--weights '/nonexistent.safetensors': no such file"):
+        run(tmp_path, "--weights", "/nonexistent.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"fc.weight": torch.ones(2, 2)}, str(bad))
+    with pytest.raises(SystemExit, match="do not fit the embedded SmallCNN"):
+        run(tmp_path, "--weights", str(bad))
     assert cli_ablate.parse_top_n("5, 1,5") == (1, 5)
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["ablate"].format_help()
     for flag in ("--model", "--weights", "--targets", "--layer", "--dataset", "--top-n", "--out",
