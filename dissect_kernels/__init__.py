@@ -12,12 +12,13 @@ from dissect_kernels.ops.tally import TallyResult, tally
 from dissect_kernels.results import DissectionResult, LayerResult, load_results, save_results
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.quantile import QuantileSketch
+from dissect_kernels.stats.tail_sketch import TailSketch
 from dissect_kernels.stats.topk import TopK
 
 __all__ = [
     "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
     "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
-    "LayerResult", "QuantileSketch", "StopForward", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
+    "LayerResult", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
     "run_layers", "save_results", "segment_stats", "tally",
 ]

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
 DEFAULT_OUT = "dissect_results"
 DEFAULT_SYNTHETIC_IMAGES = 600
+
+
+def one_line(err, limit: int = 400) -> str:
+    """An exception's message on one line (load_state_dict's are multi-line), at most `limit`
+    characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(spec: str, weights: str | None):
@@ -24,38 +32,65 @@ def load_model(spec: str, weights: str | None):
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise SystemExit(f"--model {spec!r}: cannot import it ({err})") from err
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # noqa: BLE001 - the user's factory; say which one failed
+        raise SystemExit(f"--model {spec!r}: calling it failed ({type(err).__name__}: "
+                         f"{one_line(err)})") from err
     if not isinstance(model, torch.nn.Module):
         raise SystemExit(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise SystemExit(f"--weights {weights!r}: no such file")
+        load_weights(model, weights, "--model", spec)
+    return model
+
+
+def load_weights(model, weights: str, flag: str, spec: str) -> None:
+    """Load a safetensors (or torch) state dict into `model`; user errors exit with one line."""
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise SystemExit(f"--weights {weights!r}: no such file")
+    try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise SystemExit(f"--weights {weights!r} do not fit --model {spec!r}: {err}") from err
-    return model
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+        raise SystemExit(f"--weights {weights!r}: cannot read a state dict from it "
+                         f"({one_line(err)})") from err
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise SystemExit(f"--weights {weights!r} do not fit {flag} {spec!r}: "
+                         f"{one_line(err)}") from err
 
 
 def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None):
     """'synthetic[:N]' writes a synthetic Broden-format dataset under out_dir; 'broden:PATH'
     or a plain PATH reads a Broden copy."""
-    from dissect_kernels.data import BrodenDataset, make_synthetic_broden
-
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        n = int(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_SYNTHETIC_IMAGES
-        root = make_synthetic_broden(out_dir / "synthetic_broden", n_images=n, seed=seed)
+        try:
+            n = int(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_SYNTHETIC_IMAGES
+        except ValueError:
+            raise SystemExit(f"--dataset {spec!r}: expected synthetic:N with N a number") from None
+        from dissect_kernels.data import make_synthetic_broden
+        try:
+            root = make_synthetic_broden(out_dir / "synthetic_broden", n_images=n, seed=seed)
+        except OSError as err:
+            raise SystemExit(f"--out {str(out_dir)!r}: cannot write the synthetic dataset "
+                             f"there ({one_line(err)})") from err
     else:
         root = Path(spec.split(":", 1)[1] if spec.startswith("broden:") else spec)
-        if not root.exists():
-            raise SystemExit(f"--dataset {spec!r}: {root} does not exist")
-    return BrodenDataset(root, max_images=max_images)
+        if not root.is_dir():
+            raise SystemExit(f"--dataset {spec!r}: {root} is not a folder")
+    from dissect_kernels.data import BrodenDataset
+    try:
+        return BrodenDataset(root, max_images=max_images)
+    except (OSError, ValueError, LookupError) as err:
+        raise SystemExit(f"--dataset {spec!r}: not a readable Broden-format dataset "
+                         f"({one_line(err)})") from err
 
 
 def print_top_units(result, n: int = 12) -> None:
@@ -88,19 +123,36 @@ def cmd_dissect(args) -> int:
         layers = args.layers or ",".join(DEFAULT_LAYERS)
         print("dissecting the embedded default model (a small CNN trained on synthetic "
               "Broden-format data); see --help to dissect your own")
-    if not layers:
+    names = [s.strip() for s in (layers or "").split(",") if s.strip()]
+    if not names:
         raise SystemExit("--layers is required with --model (e.g. --layers layer3,layer4)")
+    for name in names:
+        try:
+            dk.get_module(model, name)
+        except LookupError as err:
+            raise SystemExit(f"--layers: {one_line(err)}") from err
     if args.convention not in CONVENTIONS:
-        raise SystemExit(f"--convention must be one of {sorted(CONVENTIONS)}")
+        raise SystemExit(f"--convention {args.convention!r} is not one of {sorted(CONVENTIONS)}")
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--top-k", args.top_k, 1),
+                             ("--max-images", args.max_images, 1), ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < low:
+            raise SystemExit(f"{flag} must be >= {low}, got {value}")
+    if args.quantile is not None and not 0 < args.quantile < 1:
+        raise SystemExit(f"--quantile must lie in (0, 1), got {args.quantile}")
     dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images)
-    result = dk.dissect(model, [s.strip() for s in layers.split(",") if s.strip()], dataset,
+    from dissect_kernels.results import ensure_dir
+    try:
+        ensure_dir(out_dir)
+    except OSError as err:
+        raise SystemExit(f"--out {str(out_dir)!r}: {one_line(err)}") from err
+    result = dk.dissect(model, names, dataset,
                         convention=args.convention, quantile=args.quantile,
                         batch_size=args.batch_size, device=args.device, out_dir=out_dir,
                         progress=not args.quiet, backend=args.backend, rotation=args.rotation,
                         top_k=args.top_k, num_workers=args.num_workers)
     print_top_units(result)
     if result.skipped:
-        print(f"\nskipped {len(result.skipped)} unreadable samples (listed in summary.json)")
+        print(f"\nskipped {result.skipped} samples {result.skip_reasons} (listed in summary.json)")
     print(f"\nresults: {out_dir / 'units.csv'}, {out_dir / 'results.safetensors'}")
     print(f"report:  {(out_dir / 'report.html').resolve()}")
     return 0
@@ -157,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, LookupError, OSError) as err:
+        if os.environ.get("DK_TRACEBACK"):
+            raise
+        # bad data or an unwritable --out: one line, no traceback (DK_TRACEBACK=1 shows it)
+        raise SystemExit(f"dissect-kernels: error: {one_line(err)}") from err
 
 
 if __name__ == "__main__":

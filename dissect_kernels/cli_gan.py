@@ -51,16 +51,17 @@ def _load(args):
     if args.generator:
         gen = _factory(args.generator)
         if args.weights:
-            if args.weights.endswith(".safetensors"):
-                from safetensors.torch import load_file
-                state = load_file(args.weights)
-            else:
-                state = torch.load(args.weights, map_location="cpu", weights_only=True)
-            gen.load_state_dict(state)
+            from dissect_kernels.cli import load_weights
+            load_weights(gen, args.weights, "--generator", args.generator)
         gen.eval()
         layer = args.layer
         if layer is None:
             raise SystemExit("--layer is required with --generator")
+        from dissect_kernels.hooks import get_module
+        try:
+            get_module(gen, layer)
+        except LookupError as err:
+            raise SystemExit(f"--layer: {err}") from err
     else:
         gen, layer = load_default_generator(), args.layer or tiny_gan_info()["layer"]
     seg = _factory(args.segmenter) if args.segmenter else default_segmenter()

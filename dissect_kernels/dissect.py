@@ -9,6 +9,7 @@ each rank takes a shard and accumulators merge across ranks (rank 0 writes)."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -57,6 +58,26 @@ def random_rotation(num_units: int, seed: int) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r))).float()
 
 
+def check_activations(layer: str, a, indices) -> None:
+    """A layer's output must be a finite floating-point [B, U, h, w] map; errors name the layer
+    and the first image with NaN/Inf."""
+    if not isinstance(a, torch.Tensor) or not a.dtype.is_floating_point:
+        what = a.dtype if isinstance(a, torch.Tensor) else type(a).__name__
+        raise TypeError(f"layer {layer!r} outputs {what}; dissection needs a floating-point "
+                        "[batch, units, height, width] feature map")
+    if a.dim() != 4:
+        raise ValueError(f"layer {layer!r} output has shape {tuple(a.shape)}; "
+                         "dissection needs a [batch, units, height, width] feature map")
+    bad = ~torch.isfinite(a).flatten(1).all(1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        kind = "NaN" if bool(torch.isnan(a[row]).any()) else "Inf"
+        units = (~torch.isfinite(a[row])).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"layer {layer!r} output contains {kind} values for image "
+                         f"{int(indices[row])} (units {units[:8]}); dissection needs finite "
+                         "activations")
+
+
 def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
             convention: "str | Convention" = "exact", quantile: float | None = None,
             geometry=None, receptive_fields: dict | None = None, batch_size: int = 32,
@@ -79,16 +100,55 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
                         checkpoint_interval=checkpoint_interval, resume=resume)
     result = run.run()
     if out_dir is not None and ddp.rank() == 0:
-        from dissect_kernels.report import write_report
-        from dissect_kernels.results import save_results
-        save_exemplar_strips(out_dir, result, run)
-        save_results(out_dir, result)
-        if report:
-            write_report(out_dir, result)
+        write_outputs(out_dir, result, run, report)
         if run.checkpointer is not None:
             run.checkpointer.clear()
     ddp.barrier()
     return result
+
+
+def write_outputs(out_dir, result, run: "DissectionRun", report: bool) -> None:
+    """Write the exemplar strips, results files and report.html all or nothing: strips go to a
+    staging folder, the four files replace the old ones in one atomic_write, then the strips are
+    moved in (renames). On any error (e.g. a full disk) an earlier run's files stay intact and
+    the run's checkpoint stays for a resume."""
+    import shutil
+    import tempfile
+
+    from dissect_kernels.results import save_results
+
+    out = Path(out_dir)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        save_exemplar_strips(stage, result, run)
+        extra = {}
+        if report:
+            from dissect_kernels.report.html import REPORT_FILE, html_page, report_body
+            title = "Network dissection report"
+            page = html_page(title, report_body(stage, result, title))
+            extra[REPORT_FILE] = lambda path: Path(path).write_text(page, encoding="utf-8")
+        save_results(out, result, extra_files=extra)
+        for strip in sorted(p for p in stage.rglob("*") if p.is_file()):
+            dest = out / strip.relative_to(stage)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            strip.replace(dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def layer_context(name: str):
+    """Re-raise an op's ValueError/TypeError with the layer's name in front (chained)."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if f"layer {name!r}" in str(err):
+            raise
+        try:
+            named = type(err)(f"layer {name!r}: {err}")
+        except Exception:  # noqa: BLE001 - an exception type that needs other arguments
+            raise err from None
+        raise named from err
 
 
 class DissectionRun:
@@ -123,6 +183,8 @@ class DissectionRun:
                                    meta=dataset)
         self.checkpointer = None
         if out_dir is not None:
+            from dissect_kernels.results import ensure_dir
+            ensure_dir(out_dir)          # an unwritable out_dir fails now, not after both passes
             key = content_hash(model, layers=self.layers, dataset=dataset_identity(dataset),
                                convention=self.conv.name, quantile=self.q, geometry=str(geometry),
                                receptive_fields=receptive_fields, batch_size=batch_size,
@@ -148,6 +210,8 @@ class DissectionRun:
                 phase, done = 2, 0
                 self._save(2, 0)
             self._stream(2, done, self._tally_step)
+            if done < len(self.loader):
+                self._save(2, len(self.loader))   # writing the outputs may fail: lose nothing
         for s in self.states:
             ddp.merge_across_ranks(s.tally)
             self._gather_masks(s)
@@ -160,21 +224,20 @@ class DissectionRun:
                    disable=not self.progress or ddp.rank() != 0)
         for i, batch in enumerate(self.loader.iterate(start_batch=skip), start=skip):
             if batch is not None:
-                step(batch, self._features(batch.images))
+                step(batch, self._features(batch.images, batch.indices))
             bar.update(1)
             if self.checkpointer is not None:
                 self.checkpointer.maybe_save(self._progress(phase, i + 1), self._tensors)
         bar.close()
 
-    def _features(self, images) -> dict[str, torch.Tensor]:
+    def _features(self, images, indices) -> dict[str, torch.Tensor]:
         sources = sorted({s.source for s in self.states})
         acts = hooks.run_layers(self.model, images.to(self.device), sources)
+        for name in sources:
+            check_activations(name, acts[name], indices)
         out = {}
         for s in self.states:
             a = acts[s.source]
-            if a.dim() != 4:
-                raise ValueError(f"layer {s.source!r} output has shape {tuple(a.shape)}; "
-                                 "dissection needs a [batch, units, height, width] feature map")
             if s.rotation_seed is not None:
                 if s.rotation is None:
                     s.rotation = random_rotation(a.shape[1], s.rotation_seed)
@@ -186,15 +249,16 @@ class DissectionRun:
         """Pass 1: thresholds (streaming quantiles) and top-k exemplar images per unit."""
         for s in self.states:
             a = feats[s.name]
-            if s.sketch is None:
-                B, U, h, w = a.shape
-                H, W = batch.labels.shape[-2:]
-                self._init_state(s, dict(U=U, h=h, w=w, H=int(H), W=int(W)))
-            if self.conv.quantile_population == "upsampled":
-                s.sketch.update(upsample(a, *self._tables(s, a.device)))
-            else:
-                s.sketch.update(a)
-            s.topk.update(a.float().amax(dim=(2, 3)), batch.indices.to(a.device))
+            with layer_context(s.name):
+                if s.sketch is None:
+                    B, U, h, w = a.shape
+                    H, W = batch.labels.shape[-2:]
+                    self._init_state(s, dict(U=U, h=h, w=w, H=int(H), W=int(W)))
+                if self.conv.quantile_population == "upsampled":
+                    s.sketch.update(upsample(a, *self._tables(s, a.device)))
+                else:
+                    s.sketch.update(a)
+                s.topk.update(a.float().amax(dim=(2, 3)), batch.indices.to(a.device))
 
     def _init_state(self, s: LayerState, shape: dict) -> None:
         s.shape = shape
@@ -228,8 +292,9 @@ class DissectionRun:
     def _finish_quantiles(self) -> None:
         for s in self.states:
             if s.sketch is None:
+                first = next(iter(sorted(self.loader.skipped.items())), (None, "none"))
                 raise ValueError("no readable images in the dataset: every sample was skipped "
-                                 f"({len(self.loader.skipped)} unreadable)")
+                                 f"({len(self.loader.skipped)} unreadable; the first: {first[1]})")
             ddp.merge_across_ranks(s.sketch)
             ddp.merge_across_ranks(s.topk)
             s.thresholds = s.sketch.quantile(self.q).float()
@@ -249,8 +314,9 @@ class DissectionRun:
         image_labels = None if batch.image_labels is None else batch.image_labels.to(self.device)
         for s in self.states:
             a = feats[s.name]
-            s.tally.update(a, s.thresholds.to(a.device), labels, image_labels,
-                           geometry=s.geometry, backend=self.backend)
+            with layer_context(s.name):
+                s.tally.update(a, s.thresholds.to(a.device), labels, image_labels,
+                               geometry=s.geometry, backend=self.backend)
             self._keep_exemplar_masks(s, a, batch)
 
     def _keep_exemplar_masks(self, s: LayerState, a: torch.Tensor, batch) -> None:
@@ -357,7 +423,8 @@ def build_result(run: DissectionRun):
         layers, convention=run.conv.name,
         model={"class": type(run.model).__name__, "layers": run.layers},
         dataset={"type": type(ds).__name__, "images": len(ds),
-                 "root": str(getattr(ds, "root", ""))},
+                 "root": str(getattr(ds, "root", "")),
+                 "skipped_samples": {str(i): skipped[i] for i in sorted(skipped)}},
         parameters={"quantile": run.q, "top_k": run.k, "backend": run.backend,
                     "quantile_mode": run.quantile_mode, "device": str(run.device)},
         skipped=len(skipped) + len(run.loader.filtered), skip_reasons=reasons,

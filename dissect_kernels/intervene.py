@@ -88,7 +88,10 @@ class _Plan:
         if out.dim() < 2:
             raise ValueError(f"layer {self.layer!r} outputs shape {tuple(out.shape)}; intervene needs [B, U, ...]")
         U, spatial = out.shape[1], tuple(out.shape[2:])
-        self.alpha_units = unit_masks(self.unit_sets, U, out.device)
+        try:
+            self.alpha_units = unit_masks(self.unit_sets, U, out.device)
+        except ValueError as err:
+            raise ValueError(f"layer {self.layer!r}: {err}") from err
         S = self.alpha_units.shape[0]
         p = self.positions
         if p is not None:

@@ -414,9 +414,10 @@ def atomic_write(out_dir: Path, files: dict[str, Any]) -> list[Path]:
     return [out_dir / name for name in files]
 
 
-def save_results(out_dir, result: DissectionResult) -> dict[str, Path]:
+def save_results(out_dir, result: DissectionResult, *, extra_files=None) -> dict[str, Path]:
     """Write results.safetensors, units.csv and summary.json into out_dir (created if needed),
-    atomically: either all three are replaced or none (earlier files stay intact)."""
+    atomically: either all three are replaced or none (earlier files stay intact).
+    `extra_files` (name -> writer(path), e.g. report.html) join the same all-or-nothing write."""
     if not isinstance(result, DissectionResult):
         raise TypeError(f"result must be a DissectionResult, got {type(result).__name__}")
     result.validate()
@@ -424,8 +425,9 @@ def save_results(out_dir, result: DissectionResult) -> dict[str, Path]:
     summary_dict(result, run_id)  # validate metadata before touching the disk
     out = ensure_dir(out_dir)
     files = {name: (lambda p, w=globals()[writer]: w(p, result, run_id)) for name, writer in _WRITERS}
+    files.update(extra_files or {})
     paths = atomic_write(out, files)
-    return dict(zip((n for n, _ in _WRITERS), paths))
+    return dict(zip(files, paths))
 
 
 # ---------------------------------------------------------------- loading

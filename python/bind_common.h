@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "dissect_kernels/tail_sketch.h"
 #include "dissect_kernels/quantile.h"
 #include "dissect_kernels/tally.h"
 
@@ -52,6 +53,30 @@ inline TallyArgs tally_args(const py::dict& d) {
   a.max = ptr<float>(d, "max");
   a.touched = ptr<uint8_t>(d, "touched");
   return a;
+}
+
+inline TailSketchState tail_sketch_state(const py::dict& d) {
+  TailSketchState s;
+  s.U = d["U"].cast<int64_t>();
+  s.M = d["M"].cast<int64_t>();
+  s.P = d["P"].cast<int64_t>();
+  s.k_t = d["k_t"].cast<int64_t>();
+  s.k_l = d["k_l"].cast<int64_t>();
+  s.tail_shift = d["tail_shift"].cast<int64_t>();
+  s.block_rows = d["block_rows"].cast<int64_t>();
+  s.values = ptr<float>(d, "values");
+  s.rmin = ptr<int64_t>(d, "rmin");
+  s.rmax = ptr<int64_t>(d, "rmax");
+  s.gap = ptr<int64_t>(d, "gap");
+  s.eq = ptr<int64_t>(d, "eq");
+  s.size = ptr<int64_t>(d, "size");
+  s.total = ptr<int64_t>(d, "total");
+  s.counted = ptr<int64_t>(d, "counted");
+  s.pend = ptr<float>(d, "pend");
+  s.pend_n = ptr<int64_t>(d, "pend_n");
+  s.tidx = ptr<int64_t>(d, "tidx");
+  s.coarsen = ptr<int64_t>(d, "coarsen");
+  return s;
 }
 
 inline QuantileFilterArgs quantile_filter_args(const py::dict& d) {

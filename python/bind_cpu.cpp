@@ -13,6 +13,16 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     tally_cpu(args);
   }, py::arg("spec"), py::arg("stream") = 0, "Fused upsample-threshold-intersect (see tally.h).");
+  m.def("tail_sketch_update", [](const py::dict& state, std::int64_t x, std::int64_t n, std::int64_t ld) {
+    TailSketchState s = bind::tail_sketch_state(state);
+    py::gil_scoped_release release;
+    tail_sketch_update_cpu(s, reinterpret_cast<const float*>(static_cast<std::uintptr_t>(x)), n, ld);
+  }, py::arg("state"), py::arg("x"), py::arg("n"), py::arg("ld"), "Add x [n, U] (row stride ld) to a tail sketch (see tail_sketch.h).");
+  m.def("tail_sketch_flush", [](const py::dict& state) {
+    TailSketchState s = bind::tail_sketch_state(state);
+    py::gil_scoped_release release;
+    tail_sketch_flush_cpu(s);
+  }, py::arg("state"), "Fold pending values and gap counts into each unit's summary.");
   m.def("quantile_filter", [](const py::dict& spec, std::int64_t /*stream*/) {
     QuantileFilterArgs args = bind::quantile_filter_args(spec);
     py::gil_scoped_release release;

@@ -29,3 +29,19 @@ def poison_like(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t.fill_(0xAB)
     return t.fill_(POISON_INT)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module single-threaded: tiny ops only wait for each other on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def gan():
+    """The embedded tiny generator, its exact segmenter and its planted-unit record."""
+    from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
+    return load_default_generator(), default_segmenter(), tiny_gan_info()

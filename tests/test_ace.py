@@ -5,21 +5,9 @@ import pytest
 import torch
 
 from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
-from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny generator's ops are too small for threads; on a shared box they only wait."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gan():
-    return load_default_generator(), default_segmenter(), tiny_gan_info()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,11 @@ def test_backends_agree_end_to_end(planted, backend):
     other = dk.dissect(model, "units", data, backend=backend, **kw).layers["units"]
     assert torch.equal(base.iou, other.iou)
     assert torch.equal(base.thresholds, other.thresholds)
+    assert torch.equal(base.topk_indices, other.topk_indices)
+    assert base.counts.keys() == other.counts.keys() and "intersection" in base.counts
+    for key, count in base.counts.items():       # every integer count, not just the IoU
+        assert count.dtype == other.counts[key].dtype and torch.equal(count, other.counts[key]), key
+    assert int(base.counts["intersection"].sum()) > 0
 
 
 @pytest.mark.parametrize("convention", ["netdissect-lite", "dissect", "gandissect"])

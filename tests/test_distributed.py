@@ -1,38 +1,16 @@
 """Two gloo processes on CPU: each dissects its shard, accumulators merge across ranks, rank 0
 writes; the result is bit-identical to a single-process run (exact quantile mode)."""
-import os
-import socket
-import sys
-from pathlib import Path
+from gloo import assert_same_results, run_gloo
+from planted import Planted, PlantedDataset
 
-import pytest
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from safetensors.torch import load_file
-
-sys.path.insert(0, str(Path(__file__).parent))
-from planted import Planted, PlantedDataset  # noqa: E402
-
-import dissect_kernels as dk  # noqa: E402
-from dissect_kernels import distributed as ddp  # noqa: E402
+import dissect_kernels as dk
+from dissect_kernels import distributed as ddp
 
 KW = dict(quantile=0.9375, batch_size=8, progress=False, rotation=2, quantile_mode="exact")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        dk.dissect(Planted(), "units", PlantedDataset(n_images=40), out_dir=out, **KW)
-    finally:
-        dist.destroy_process_group()
+def _job(out: str) -> None:
+    dk.dissect(Planted(), "units", PlantedDataset(n_images=40), out_dir=out, **KW)
 
 
 def test_shard_indices_cover_everything_once():
@@ -43,13 +21,7 @@ def test_shard_indices_cover_everything_once():
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    single = tmp_path / "single"
-    dk.dissect(Planted(), "units", PlantedDataset(n_images=40), out_dir=single, **KW)
-    multi = tmp_path / "multi"
-    mp.spawn(_worker, args=(2, _free_port(), str(multi)), nprocs=2, join=True)
-    a = load_file(str(single / "results.safetensors"))
-    b = load_file(str(multi / "results.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].equal(b[key]), key
-    assert (single / "units.csv").read_text() == (multi / "units.csv").read_text()
+    _job(tmp_path / "single")
+    run_gloo(_job, str(tmp_path / "multi"))
+    assert_same_results(tmp_path / "single", tmp_path / "multi")
+    assert (tmp_path / "single" / "units.csv").read_text() == (tmp_path / "multi" / "units.csv").read_text()

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from dissect_kernels.generator import dissect_generator, iqr_search, level_fractions, sample_z
 from dissect_kernels.models.tiny_gan import (TINY_GAN_INFO, TINY_GAN_WEIGHTS, default_segmenter,
-                                             load_default_generator, palette_tensor, tiny_gan_info)
+                                             palette_tensor)
 from dissect_kernels.results import load_results
 from dissect_kernels.stats.iou_tally import iqr_from_table
 from dissect_kernels.stats.level_counts import LevelCounts
@@ -20,18 +20,7 @@ from dissect_kernels.stats.level_counts import LevelCounts
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny generator's ops are too small for threads; on a shared box they only wait."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gan():
-    return load_default_generator(), default_segmenter(), tiny_gan_info()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,11 @@ CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
 _CATEGORY_FIELD = re.compile(r"^\s*([^();]+?)\s*\(\s*(\d+)\s*\)\s*$")
 
 
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def read_csv(path: Path, required) -> list[tuple[int, dict]]:
     """Rows of a CSV file as (line number, dict), checking the header names `required`."""
     path = Path(path)
@@ -247,15 +252,19 @@ class BrodenDataset(torch.utils.data.Dataset):
     def splits(self) -> list[str]:
         return [r.split for r in self.rows]
 
+    def _read_sample_file(self, path: Path, i: int, reader, missing: str, unreadable: str):
+        """reader(path), turning a missing or unreadable file into a CorruptSampleError."""
+        line = self.rows[i].line
+        try:
+            return reader(path)
+        except FileNotFoundError:
+            raise CorruptSampleError(path, f"{missing} is missing (index.csv line {line})", i) from None
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise CorruptSampleError(path, f"{unreadable} cannot be read ({e}) (index.csv line {line})", i) from None
+
     def _load_pil(self, i: int) -> Image.Image:
         row, path = self.rows[i], self.image_path(i)
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except FileNotFoundError:
-            raise CorruptSampleError(path, f"image file is missing (index.csv line {row.line})", i) from None
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise CorruptSampleError(path, f"image cannot be read ({e}) (index.csv line {row.line})", i) from None
+        im = self._read_sample_file(path, i, _open_rgb, "image file", "image")
         if im.size != (row.iw, row.ih):
             raise CorruptSampleError(path, f"image is {im.size[0]}x{im.size[1]} (w x h) but index.csv "
                                            f"line {row.line} says {row.iw}x{row.ih}", i)
@@ -270,12 +279,7 @@ class BrodenDataset(torch.utils.data.Dataset):
     def _load_png(self, i: int, name: str) -> np.ndarray:
         row = self.rows[i]
         path = self.root / "images" / name
-        try:
-            lab = decode_label_png(path)
-        except FileNotFoundError:
-            raise CorruptSampleError(path, f"label PNG is missing (index.csv line {row.line})", i) from None
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise CorruptSampleError(path, f"label PNG cannot be read ({e}) (index.csv line {row.line})", i) from None
+        lab = self._read_sample_file(path, i, decode_label_png, "label PNG", "label PNG")
         if lab.shape != (row.sh, row.sw):
             raise CorruptSampleError(path, f"label PNG is {lab.shape[1]}x{lab.shape[0]} (w x h) but "
                                            f"index.csv line {row.line} says {row.sw}x{row.sh}", i)

@@ -67,6 +67,7 @@ class SampleLoader:
         self.keep[0] = False
         self.skipped: dict[int, str] = {}
         self.filtered: set[int] = set()
+        self.shapes: dict[str, tuple] = {}   # first shape seen per field (labels: H, W fixed)
 
     def __len__(self):
         return -(-len(self.dataset) // self.batch_size)
@@ -87,11 +88,14 @@ class SampleLoader:
     def _stack(self, items) -> Batch | None:
         if not items:
             return None
-        labels = torch.stack([torch.as_tensor(it["labels"]) for it in items]).to(torch.int32)
-        image_labels = torch.stack([torch.as_tensor(it["image_labels"]) for it in items])
-        image_labels = image_labels.to(torch.int32) if image_labels.shape[1] else None
-        images = torch.stack([torch.as_tensor(it["image"]) for it in items])
         indices = torch.tensor([int(it["index"]) for it in items], dtype=torch.int64)
+        labels = self._gather(items, "labels", 3, indices)
+        image_labels = self._gather(items, "image_labels", 1, indices)
+        images = self._gather(items, "image", None, indices)
+        for name, ids in (("labels", labels), ("image_labels", image_labels)):
+            self._check_ids(name, ids, indices)
+        labels = labels.to(torch.int32)
+        image_labels = image_labels.to(torch.int32) if image_labels.shape[1] else None
         if self.filtering:
             labels, image_labels, rows = self._filter(labels, image_labels)
             self.filtered.update(indices[~rows].tolist())
@@ -100,6 +104,47 @@ class SampleLoader:
             images, labels, indices = images[rows], labels[rows], indices[rows]
             image_labels = None if image_labels is None else image_labels[rows]
         return Batch(images, labels, image_labels, indices)
+
+    # across batches: label maps keep their H, W and images their whole shape (the activation
+    # maps and the upsampling tables are sized once); label layers L and image-label slots M
+    # only have to agree within a batch
+    _FIXED = {"labels": slice(-2, None), "image": slice(None), "image_labels": slice(0, 0)}
+
+    def _gather(self, items, key: str, ndim: int | None, indices) -> torch.Tensor:
+        """Stack one field of the items; errors name the image index and what was expected."""
+        parts = [torch.as_tensor(it[key]) for it in items]
+        first = tuple(parts[0].shape)
+        seen = self.shapes.setdefault(key, first)
+        for i, t in enumerate(parts):
+            where, shape = f"image {int(indices[i])}: {key}", tuple(t.shape)
+            if ndim is not None and (t.dtype.is_floating_point or t.dtype.is_complex
+                                     or t.dtype == torch.bool):
+                raise TypeError(f"{where} must hold integer concept ids, got dtype "
+                                f"{str(t.dtype).replace('torch.', '')}")
+            if ndim is not None and t.dim() != ndim:
+                raise ValueError(f"{where} must have {ndim} dimensions, got shape {shape}")
+            fixed = self._FIXED[key]
+            if shape[fixed] != seen[fixed]:
+                raise ValueError(f"{where} has shape {shape} but earlier images' have shape "
+                                 f"{seen}: every sample's {key} must have one shape")
+            if shape != first:
+                raise ValueError(f"{where} has shape {shape} but image {int(indices[0])}'s has "
+                                 f"shape {first}: every sample's {key} must have one shape")
+        return torch.stack(parts)
+
+    def _check_ids(self, name: str, ids: torch.Tensor, indices) -> None:
+        """Concept ids must lie in [0, num_concepts); the error names the first bad image."""
+        if ids.numel() == 0:
+            return
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        if lo >= 0 and hi < self.num_concepts:
+            return
+        bad = ((ids < 0) | (ids >= self.num_concepts)).flatten(1).any(1)
+        row = int(bad.nonzero()[0])
+        lo, hi = (int(v) for v in torch.aminmax(ids[row]))
+        raise ValueError(f"image {int(indices[row])}: {name} hold ids in [{lo}, {hi}] but concept "
+                         f"ids must lie in [0, {self.num_concepts}) (num_concepts="
+                         f"{self.num_concepts})")
 
     def _filter(self, labels, image_labels):
         """Zero labels of dropped categories; keep images that still have some label."""

@@ -46,3 +46,16 @@ def ids_in_range(name: str, x: torch.Tensor, upper: int, what: str = "num_concep
     lo, hi = (int(v) for v in torch.aminmax(x))  # one pass over the ids
     if lo < 0 or hi >= upper:
         raise ValueError(f"{name} holds ids in [{lo}, {hi}] but they must lie in [0, {upper}) ({what}={upper})")
+
+
+def label_inputs(labels, image_labels, category_of):
+    """Validate label layers [B, L, H, W] (or [B, H, W], made 4-D), image_labels [B, M] or None
+    and category_of [C] or None, as the label-side ops take them."""
+    labels = tensor("labels", labels, ndim=(3, 4), dtypes=INT_DTYPES)
+    if labels.dim() == 3:
+        labels = labels[:, None]
+    if image_labels is not None:
+        image_labels = tensor("image_labels", image_labels, ndim=2, dtypes=INT_DTYPES)
+    if category_of is not None:
+        category_of = tensor("category_of", category_of, ndim=1, dtypes=INT_DTYPES)
+    return labels, image_labels, category_of

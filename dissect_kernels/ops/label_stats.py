@@ -41,13 +41,7 @@ def label_stats(labels: torch.Tensor, image_labels: torch.Tensor | None = None, 
     every image-level entry) separately, as NetDissect does. category_of [C] maps concepts to
     categories in [0, num_categories) and asks for `present`.
     """
-    labels = _checks.tensor("labels", labels, ndim=(3, 4), dtypes=_checks.INT_DTYPES)
-    if labels.dim() == 3:
-        labels = labels[:, None]
-    if image_labels is not None:
-        image_labels = _checks.tensor("image_labels", image_labels, ndim=2, dtypes=_checks.INT_DTYPES)
-    if category_of is not None:
-        category_of = _checks.tensor("category_of", category_of, ndim=1, dtypes=_checks.INT_DTYPES)
+    labels, image_labels, category_of = _checks.label_inputs(labels, image_labels, category_of)
     device = _checks.same_device(labels=labels, image_labels=image_labels, category_of=category_of)
     B, L, H, W = labels.shape
     if not isinstance(num_concepts, int) or num_concepts < 1:

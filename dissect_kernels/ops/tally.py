@@ -50,13 +50,7 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
     acts = _checks.tensor("acts", acts, ndim=4, dtypes=_checks.FLOAT_DTYPES)
     thresholds = _checks.tensor("thresholds", thresholds, ndim=1,
                                 dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
-    labels = _checks.tensor("labels", labels, ndim=(3, 4), dtypes=_checks.INT_DTYPES)
-    if labels.dim() == 3:
-        labels = labels[:, None]
-    if image_labels is not None:
-        image_labels = _checks.tensor("image_labels", image_labels, ndim=2, dtypes=_checks.INT_DTYPES)
-    if category_of is not None:
-        category_of = _checks.tensor("category_of", category_of, ndim=1, dtypes=_checks.INT_DTYPES)
+    labels, image_labels, category_of = _checks.label_inputs(labels, image_labels, category_of)
     device = _checks.same_device(acts=acts, thresholds=thresholds, labels=labels,
                                  image_labels=image_labels, category_of=category_of)
     B, U, h, w = acts.shape
