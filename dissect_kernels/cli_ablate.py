@@ -96,7 +96,7 @@ class _Targets(torch.utils.data.Dataset):
 def _model(args):
     """(model, layer, target names) from the flags, checked before any data is written."""
     from dissect_kernels import hooks
-    from dissect_kernels.cli import load_model
+    from dissect_kernels.cli import load_model, load_weights, one_line
     from dissect_kernels.models import default_model_info, load_default_model
 
     if args.model:
@@ -108,30 +108,20 @@ def _model(args):
     else:
         model = load_default_model()
         if args.weights:
-            info = default_model_info()
-            path = Path(args.weights)
-            if not path.is_file():
-                raise SystemExit(f"--weights {args.weights!r}: no such file")
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path))
-            else:
-                state = torch.load(str(path), map_location="cpu", weights_only=True)
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                raise SystemExit(f"--weights {args.weights!r} do not fit the embedded SmallCNN "
-                                 f"(widths {info['widths']}): {err}") from err
+            load_weights(model, args.weights, "the embedded", "SmallCNN")
     targets = ([t.strip() for t in args.targets.split(",") if t.strip()] if args.targets
                else list(default_model_info()["targets"]))
     layer = args.layer or "conv4"
     try:
         hooks.get_module(model, layer)
     except LookupError as err:
-        raise SystemExit(f"--layer: {err}") from None
+        raise SystemExit(f"--layer: {one_line(err)}") from None
     model.eval()
     if args.device:
-        model = model.to(torch.device(args.device))
+        try:
+            model = model.to(torch.device(args.device))
+        except (RuntimeError, AssertionError) as err:
+            raise SystemExit(f"--device {args.device!r}: {one_line(err)}") from None
     elif torch.cuda.is_available():
         model = model.cuda()
     return model, layer, targets

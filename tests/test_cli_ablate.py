@@ -146,8 +146,10 @@ def test_bad_flags_give_one_clear_line(tmp_path, capsys):
         run(tmp_path, "--weights", "/nonexistent.safetensors")
     bad = tmp_path / "bad.safetensors"
     save_file({"fc.weight": torch.ones(2, 2)}, str(bad))
-    with pytest.raises(SystemExit, match="do not fit the embedded SmallCNN"):
+    with pytest.raises(SystemExit, match="do not fit the embedded 'SmallCNN'"):
         run(tmp_path, "--weights", str(bad))
+    with pytest.raises(SystemExit, match="--device 'gpu7'"):
+        run(tmp_path, "--device", "gpu7")
     assert cli_ablate.parse_top_n("5, 1,5") == (1, 5)
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["ablate"].format_help()
     for flag in ("--model", "--weights", "--targets", "--layer", "--dataset", "--top-n", "--out",
@@ -160,7 +162,7 @@ def test_failed_write_leaves_no_partial_files(tmp_path, monkeypatch):
     out.mkdir()
     (out / "ablation.csv").write_text("old")
     monkeypatch.setattr(cli_ablate, "render_html", lambda *a, **k: 12345)  # html writer fails late
-    with pytest.raises(TypeError):
+    with pytest.raises(SystemExit, match="dissect-kernels: error: .*"):  # the CLI's one-line error
         run(tmp_path, "--dataset", "synthetic:24", "--model", "test_cli_ablate:planted_colours",
             "--layer", "feat", "--targets", ",".join(COLOURS), "--top-n", "1")
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["ablation.csv"]
