@@ -20,7 +20,8 @@ DEFAULT_DATASET = "synthetic:300"
 DEFAULT_TOP_N = (1, 2, 3, 4, 5, 20, 64, 128, 256)
 FILES = ("ablation.safetensors", "ablation.csv", "ablation.json", "ablation.html")
 TABLE_UNITS = 10          # units per class in the HTML table and the CSV's top_units column
-CHUNK_BYTES = 256 << 20   # bound on one replicated layer output (edited copies of a batch)
+CHUNK_BYTES = 448 << 20   # bound on one replicated layer output (edited copies of a batch)
+CACHE_BYTES = 1 << 30     # a split's decoded batches up to this size are kept for later passes
 
 
 def parse_top_n(text: str) -> tuple[int, ...]:
@@ -93,6 +94,26 @@ class _Targets(torch.utils.data.Dataset):
         return item["image"], y
 
 
+class _Replay:
+    """Iterates a DataLoader; the first complete pass is kept in memory (if its tensors fit in
+    max_bytes) and replayed, so later passes over a small split skip decoding."""
+
+    def __init__(self, loader, max_bytes: int = CACHE_BYTES):
+        self.loader, self.max_bytes, self.batches = loader, max_bytes, None
+
+    def __iter__(self):
+        if self.batches is not None:
+            yield from self.batches
+            return
+        kept, size = [], 0
+        for x, y in self.loader:
+            size += x.numel() * x.element_size() + y.numel() * y.element_size()
+            if kept is not None:
+                kept = kept + [(x, y)] if size <= self.max_bytes else None
+            yield x, y
+        self.batches = kept
+
+
 def _model(args):
     """(model, layer, target names) from the flags, checked before any data is written."""
     from dissect_kernels import hooks
@@ -142,17 +163,17 @@ def _loaders(args, ds, targets):
             raise SystemExit(f"{flag} {split!r}: the dataset has no images in that split "
                              f"(its splits: {sorted(set(ds.splits))})")
         data = _Targets(ds, rows, ids)
-        out.append((data, torch.utils.data.DataLoader(data, batch_size=args.batch_size)))
+        out.append((data, _Replay(torch.utils.data.DataLoader(data, batch_size=args.batch_size))))
     return out
 
 
-def _chunk_size(model, layer, loader, device) -> int:
-    """Unit sets per forward pass so that one replicated layer output stays near 64 MiB."""
+def _chunk_size(model, layer, x, batch_size: int) -> int:
+    """Unit sets per forward pass so that one replicated layer output stays near CHUNK_BYTES
+    (intervene reruns the layers before `layer` once per chunk: bigger chunks, fewer reruns)."""
     from dissect_kernels import hooks
-    x = next(iter(loader))[0][:1].to(device)
     with torch.no_grad():
         per_sample = hooks.run_layers(model, x, [layer])[layer][0].numel() * 4
-    return max(1, (CHUNK_BYTES) // max(1, per_sample * loader.batch_size))
+    return max(1, CHUNK_BYTES // max(1, per_sample * batch_size))
 
 
 def build_tables(res, rank, names, positives, top_units: int = TABLE_UNITS):
@@ -310,12 +331,13 @@ def run_ablate(args) -> int:
     except ValueError as err:
         raise SystemExit(f"--dataset {args.dataset!r}: {err}") from None
     (rank_data, rank_loader), (eval_data, eval_loader) = _loaders(args, ds, names)
+    x = rank_data[0][0][None].to(device)
     with torch.no_grad():
-        probe = model(next(iter(rank_loader))[0][:1].to(device))
+        probe = model(x)
     if probe.dim() != 2 or probe.shape[1] != len(names):
         raise SystemExit(f"the model outputs shape {tuple(probe.shape)} but {len(names)} targets were "
                          "given: it must output one logit per target, [B, len(targets)]")
-    chunk = _chunk_size(model, layer, rank_loader, device)
+    chunk = _chunk_size(model, layer, x, args.batch_size)
     t1 = time.perf_counter()
     # Rank on the rank split (its own top-N pass is kept to N=1: the eval split is what counts).
     rank = classifier_ablation(model, layer, rank_loader, num_classes=len(names), top_n=(1,),
