@@ -167,3 +167,22 @@ def test_failed_write_leaves_no_partial_files(tmp_path, monkeypatch):
             "--layer", "feat", "--targets", ",".join(COLOURS), "--top-n", "1")
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["ablation.csv"]
     assert (out / "ablation.csv").read_text() == "old"
+
+
+def test_replay_keeps_a_small_split_and_streams_a_big_one():
+    batches = [(torch.randn(2, 3), torch.ones(2, 4, dtype=torch.int64)) for _ in range(3)]
+
+    class Counting:
+        passes = 0
+
+        def __iter__(self):
+            Counting.passes += 1
+            yield from batches
+
+    small, big = cli_ablate._Replay(Counting()), cli_ablate._Replay(Counting(), max_bytes=100)
+    for r in (small, big):
+        for _ in range(3):
+            got = list(r)
+            assert len(got) == 3 and all(torch.equal(a[0], b[0]) for a, b in zip(got, batches))
+    assert Counting.passes == 1 + 3      # the small one read once, the big one every time
+    assert small.batches is not None and big.batches is None
