@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(run=cmd_dissect)
     from dissect_kernels.cli_gan import add_gan_parser
     add_gan_parser(sub)
+    from dissect_kernels.cli_ablate import add_ablate_parser
+    add_ablate_parser(sub)
     return parser
 
 

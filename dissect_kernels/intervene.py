@@ -276,6 +276,13 @@ class _Confusion:
         self.true += torch.bincount(y, minlength=self.C)
         self.n += y.shape[0]
 
+    def update_multilabel(self, pred: torch.Tensor, y: torch.Tensor) -> None:
+        """pred [S, B, C] bool (class predicted present), y [B, C] bool (multi-hot truth)."""
+        self.pred += pred.sum(1)
+        self.tp += (pred & y[None]).sum(1)
+        self.true += y.sum(0)
+        self.n += y.shape[0]
+
     def metrics(self):
         """(precision, recall, balanced accuracy), each float64 [S, C]."""
         tp, pred, true = self.tp.double(), self.pred.double(), self.true.double()[None]
@@ -286,7 +293,7 @@ class _Confusion:
         return ratio(tp, tp + fp), recall, (recall + ratio(tn, tn + fp)) / 2
 
 
-def _batches(loader, device, num_classes):
+def _batches(loader, device, num_classes, multilabel=False):
     for batch in loader:
         if isinstance(batch, dict):
             x = batch.get("image", batch.get("input"))
@@ -295,6 +302,14 @@ def _batches(loader, device, num_classes):
             x, y = batch[0], batch[1]
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError("loader must yield (images, labels) tensors or dicts with 'image' and 'label'")
+        if multilabel:
+            if y.dim() != 2 or y.shape[1] != num_classes:
+                raise ValueError(f"multilabel targets must be multi-hot [B, num_classes] = [B, {num_classes}], "
+                                 f"got shape {tuple(y.shape)}")
+            if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+                raise ValueError("multilabel targets must hold only 0 and 1 (multi-hot)")
+            yield x.to(device), y.to(device).bool()
+            continue
         y = y.to(device).long().reshape(-1)
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"labels hold classes in [{int(y.min())}, {int(y.max())}] but num_classes={num_classes}")
@@ -305,14 +320,17 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
                         units: Sequence[int] | torch.Tensor | None = None,
                         top_n: Sequence[int] = (1, 2, 3, 4, 5, 20), device=None,
                         progress: bool = True, ranking: torch.Tensor | None = None,
-                        chunk_size: int | None = None) -> AblationResult:
+                        chunk_size: int | None = None, multilabel: bool = False) -> AblationResult:
     """The classifier ablation experiment (davidbau/dissect): per-class precision, recall and
     balanced accuracy unablated and with each single unit of `layer` ablated (zeroed
     everywhere; batched with intervene), units ranked per class by the balanced-accuracy drop,
     then each class's top-N units ablated, and separately all but its top N. loader yields
     (images, labels) or dicts with "image"/"label"; inputs go to `device` (default: the
     model's); the model is not moved and should be in eval mode. Pass `ranking` [C, n] (e.g.
-    from a train-set run) to skip the single-unit pass and evaluate that ranking here."""
+    from a train-set run) to skip the single-unit pass and evaluate that ranking here.
+    multilabel=True: every output is an independent binary classifier (predicted present when
+    its logit > 0) and labels are multi-hot [B, num_classes]; the per-class confusion counts
+    and hence precision / recall / balanced accuracy are of those binary decisions."""
     from tqdm.auto import tqdm
 
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -324,14 +342,21 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    argmax = lambda out: out.argmax(dim=1)  # noqa: E731
+    if multilabel:
+        def argmax(out):  # the measure: per-class binary decisions [rows, C]
+            if out.dim() != 2 or out.shape[1] != num_classes:
+                raise ValueError(f"multilabel model output must be [B, num_classes] = [B, {num_classes}], "
+                                 f"got shape {tuple(out.shape)}")
+            return out > 0
+    else:
+        argmax = lambda out: out.argmax(dim=1)  # noqa: E731
     U = None
     C = num_classes
     with torch.no_grad():
         # Pass 1: baseline and every single unit ablated.
         single = None
         if ranking is None:
-            for x, y in tqdm(_batches(loader, device, C), desc="single-unit ablation", disable=not progress):
+            for x, y in tqdm(_batches(loader, device, C, multilabel), desc="single-unit ablation", disable=not progress):
                 if U is None:
                     U, units = _layer_units(model, layer, x, units)
                     single = _Confusion(1 + len(units), C, device)
@@ -339,7 +364,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
                 sets = units[:, None]
                 step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
                 ablated = intervene(model, layer, sets, x, measure=argmax, chunk_size=step)
-                single.update(torch.cat([base, ablated]), y)
+                (single.update_multilabel if multilabel else single.update)(torch.cat([base, ablated]), y)
             if single is None:
                 raise ValueError("loader yielded no batches")
             p, r, b = single.metrics()
@@ -349,7 +374,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
         # Pass 2: top-N and all-but-top-N of every class.
         ranking = torch.as_tensor(ranking, device=device).long()
         plan = None
-        for x, y in tqdm(_batches(loader, device, C), desc="top-N ablation", disable=not progress):
+        for x, y in tqdm(_batches(loader, device, C, multilabel), desc="top-N ablation", disable=not progress):
             if plan is None:
                 U, units = _layer_units(model, layer, x, units)
                 if ranking.shape != (C, len(units)):
@@ -360,7 +385,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
             base = argmax(hooks.call_model(model, x))[None]
             step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
             ablated = intervene(model, layer, plan, x, measure=argmax, chunk_size=step)
-            evals.update(torch.cat([base, ablated]), y)
+            (evals.update_multilabel if multilabel else evals.update)(torch.cat([base, ablated]), y)
         if plan is None:
             raise ValueError("loader yielded no batches")
     ep, er, eb = evals.metrics()

@@ -259,6 +259,92 @@ def test_classifier_ablation_bad_inputs():
         classifier_ablation(model, "fc1", loader, num_classes=3, progress=False)
 
 
+class PlantedMultiLabel(nn.Module):
+    """Multi-label: logit k = 4 * mean(relu(unit k)) - 2 reads marker channel k (k < 3) only;
+    units 3..5 are noise with a tiny weight on every logit."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat, self.fc = nn.Conv2d(3, 6, 1), nn.Linear(6, 3)
+        with torch.no_grad():
+            self.feat.weight.zero_(), self.feat.bias.zero_(), self.fc.weight.zero_()
+            for k in range(3):
+                self.feat.weight[k, k] = 1.0
+                self.fc.weight[k, k] = 4.0
+            self.fc.bias.fill_(-2.0)
+            self.feat.weight[3:] = torch.randn(3, 3, 1, 1) * 0.5
+            self.fc.weight[:, 3:] = torch.randn(3, 3) * 0.3
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.feat(x)).mean((2, 3)))
+
+
+def multilabel_data(n=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, 3, generator=g) < torch.tensor([0.5, 0.3, 0.6])).long()
+    x = torch.rand(n, 3, 4, 4, generator=g) * 0.3
+    x = x + y[:, :, None, None] * (0.6 + torch.rand(n, 1, 1, 1, generator=g))  # markers of varying strength
+    flip = torch.rand(n, 3, generator=g) < 0.1                      # some label noise: imperfect baseline
+    y = torch.where(flip, 1 - y, y)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)], x, y
+
+
+def manual_binary_metrics(pred, y, c):
+    """pred, y [N, C] bool: class c's binary precision, recall, balanced accuracy."""
+    p, t = pred[:, c], y[:, c].bool()
+    tp, fp = int((p & t).sum()), int((p & ~t).sum())
+    fn, tn = int((~p & t).sum()), int((~p & ~t).sum())
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    tnr = tn / (tn + fp) if tn + fp else 0.0
+    return (tp / (tp + fp) if tp + fp else 0.0), rec, (rec + tnr) / 2
+
+
+def test_classifier_ablation_multilabel_matches_a_manual_loop():
+    torch.manual_seed(3)
+    model = PlantedMultiLabel().eval()
+    loader, x, y = multilabel_data()
+    r = classifier_ablation(model, "feat", loader, num_classes=3, top_n=(1, 2, 4), progress=False,
+                            multilabel=True, chunk_size=3)
+    assert r.num_samples == 100
+    with torch.no_grad():
+        base = model(x) > 0
+        for c in range(3):
+            p, rec, b = manual_binary_metrics(base, y, c)
+            assert (r.baseline_precision[c], r.baseline_recall[c], r.baseline_balanced[c]) == (
+                pytest.approx(p, abs=1e-12), pytest.approx(rec, abs=1e-12), pytest.approx(b, abs=1e-12))
+            assert 0.6 < b < 1.0  # a good but imperfect classifier: the metrics are not trivial
+        for u in range(6):
+            with Trace(model, "feat", edit=Edit(torch.eye(6)[u].view(1, 6, 1, 1), 0.0)):
+                pred = model(x) > 0
+            for c in range(3):
+                p, rec, b = manual_binary_metrics(pred, y, c)
+                assert r.single_precision[u, c] == pytest.approx(p, abs=1e-12)
+                assert r.single_recall[u, c] == pytest.approx(rec, abs=1e-12)
+                assert r.single_balanced[u, c] == pytest.approx(b, abs=1e-12)
+        for c in range(3):
+            assert int(r.ranking[c, 0]) == c  # the planted unit's ablation hurts its class most
+            assert float(r.single_recall[c, c]) == 0.0 and float(r.single_balanced[c, c]) == 0.5
+            for t, n in enumerate((1, 2, 4)):
+                top = torch.zeros(6)
+                top[r.ranking[c, :n]] = 1
+                for alpha, got in ((top, r.topn_balanced), (1 - top, r.allbut_balanced)):
+                    with Trace(model, "feat", edit=Edit(alpha.view(1, 6, 1, 1), 0.0)):
+                        pred = model(x) > 0
+                    assert got[c, t] == pytest.approx(manual_binary_metrics(pred, y, c)[2], abs=1e-12)
+    # dict batches, the same numbers; bad targets are named
+    dicts = [{"image": a, "label": b} for a, b in loader]
+    r2 = classifier_ablation(model, "feat", dicts, num_classes=3, top_n=(1, 2, 4), progress=False,
+                             multilabel=True)
+    assert torch.equal(r2.single_balanced, r.single_balanced) and torch.equal(r2.topn_balanced, r.topn_balanced)
+    with pytest.raises(ValueError, match=r"multi-hot \[B, num_classes\] = \[B, 3\]"):
+        classifier_ablation(model, "feat", [(x[:4], y[:4, 0])], num_classes=3, multilabel=True, progress=False)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        classifier_ablation(model, "feat", [(x[:4], y[:4] * 2)], num_classes=3, multilabel=True, progress=False)
+    with pytest.raises(ValueError, match=r"model output must be \[B, num_classes\] = \[B, 4\]"):
+        classifier_ablation(model, "feat", [(x[:4], torch.zeros(4, 4))], num_classes=4, multilabel=True,
+                            progress=False)
+
+
 def test_keyword_called_layer_and_top_level_exports():
     import dissect_kernels as dk
     from test_hooks import KwNet
