@@ -6,6 +6,14 @@ s_c(image) is the fraction of the image's pixels the segmenter gives class c (dk
 ace = E[s_c(inserted)] - E[s_c(ablated)] ("insert_minus_ablate", GD's delta), or
 E[s_c(original)] - E[s_c(ablated)] ("ablate": what removing the units takes away), or
 E[s_c(inserted)] - E[s_c(original)] ("insert": what inserting them adds).
+
+Under torch.distributed (torchrun; gloo or NCCL) `ace` and `rank_units_by_ace` take a contiguous
+shard of the sample indices per rank (z depends only on the index) and sum their integer pixel
+counts across ranks, so every rank returns the single-process result bit for bit (with
+value="quantile" while the QuantileSketch stays exact; value="mean" sums float64 per rank, added
+in rank order: deterministic, equal to one process up to float64 rounding).
+`optimize_alpha` is single-process: no collectives; each rank that calls it runs the full
+optimisation on its own (run it on one rank, or on all for identical results).
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dissect_kernels import distributed as ddp
 from dissect_kernels import hooks
 from dissect_kernels.generator import _batches, _quantile_sketch, make_z_sampler, segment, segmenter_info
 from dissect_kernels.intervene import intervene
@@ -91,6 +100,17 @@ class _Setup:
         self.z_of = make_z_sampler(generator, seed, z_dim, z_sampler, self.device)
         self.U = None
 
+    def probe(self) -> None:
+        """Run sample 0 once: sets U, the layer's grid and the segmentation's pixel count."""
+        images, _ = self.run(self.z_of(torch.arange(1)))
+        seg = segment(self.segmenter, images, self.C)
+        self.pixels = seg.shape[-1] * seg.shape[-2]
+
+    def count(self, images: torch.Tensor) -> torch.Tensor:
+        """[B] int64 number of pixels the segmenter assigns to the concept (exact to sum)."""
+        seg = segment(self.segmenter, images, self.C)
+        return segment_stats(seg, self.C)[:, self.concept].long()
+
     def fraction(self, images: torch.Tensor) -> torch.Tensor:
         """[B] float64 fraction of pixels the segmenter assigns to the concept."""
         seg = segment(self.segmenter, images, self.C)
@@ -105,6 +125,7 @@ class _Setup:
         if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
             raise ValueError(f"layer {self.layer!r} must output [B, U, h, w] feature maps")
         self.U = acts.shape[1]
+        self.grid = tuple(acts.shape[2:])
         return images, acts
 
     def check_units(self, units) -> list[int]:
@@ -117,10 +138,14 @@ class _Setup:
                              f"(ids must lie in [0, {self.U}))")
         return ids
 
-    def values(self, value, num_samples, batch_size, progress, q: float = 0.99) -> torch.Tensor:
+    def values(self, value, num_samples, batch_size, progress, q: float = 0.99,
+               shard: bool = True) -> torch.Tensor:
         """The insertion value per unit [U]: a number, a [U] tensor, "quantile" (each unit's q
         quantile over the samples' feature maps, GANPaint) or "mean" (the concept-conditioned
-        mean sum(feat * p) / sum(p), p = the concept's pixel fraction in each feature cell)."""
+        mean sum(feat * p) / sum(p), p = the concept's pixel fraction in each feature cell).
+        shard: under torch.distributed each rank takes its shard of the samples and the
+        statistics merge across ranks (the exact quantile is bit-identical to one process; the
+        mean's float64 sums add in rank order: equal up to float64 rounding)."""
         if value is None:
             value = "quantile"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -134,20 +159,25 @@ class _Setup:
             return v
         if value not in ("quantile", "mean"):
             raise ValueError(f"value must be a number, a [U] tensor, 'quantile' or 'mean', got {value!r}")
-        sketch, num, den = None, 0.0, 0.0
-        for idx in _batches(num_samples, batch_size, progress, f"ace: insertion value ({value})"):
+        samples = ddp.shard_indices(num_samples) if shard else num_samples
+        sketch = _quantile_sketch(self.U, num_samples * self.grid[0] * self.grid[1], True, self.device,
+                                  min_quantile=q) if value == "quantile" else None
+        num = torch.zeros(self.U, dtype=torch.float64, device=self.device)
+        den = torch.zeros((), dtype=torch.float64, device=self.device)
+        for idx in _batches(samples, batch_size, progress, f"ace: insertion value ({value})"):
             images, acts = self.run(self.z_of(idx))
             if value == "quantile":
-                if sketch is None:
-                    sketch = _quantile_sketch(self.U, num_samples * acts.shape[2] * acts.shape[3], True,
-                                              self.device, min_quantile=q)
                 sketch.update(acts)
             else:
                 p = self.presence(images, tuple(acts.shape[2:]))           # [B, h, w]
                 num = num + (acts.double() * p[:, None].double()).sum((0, 2, 3))
                 den = den + p.double().sum()
         if value == "quantile":
+            if shard:
+                ddp.merge_across_ranks(sketch)
             return sketch.quantile([q]).reshape(self.U).float().to(self.device)
+        if shard:
+            num, den = ddp.sum_across_ranks(num), ddp.sum_across_ranks(den)
         if float(den) == 0:
             raise ValueError(f"concept {self.names[self.concept]!r} never appears in the samples; "
                              "the concept-conditioned mean is undefined (pass value=...)")
@@ -180,26 +210,29 @@ def ace(generator: nn.Module, layer: str, units: "int | Sequence[int]", segmente
     """ACE of ablating/inserting `units` of `layer` on class `concept` (id or name), averaged
     over num_samples z (same z per index as dissect_generator). value: see _Setup.values
     (default: each unit's 0.99 quantile); positions: where to edit ([h, w] or per sample
-    [num_samples, h, w]; default everywhere)."""
+    [num_samples, h, w]; default everywhere). Under torch.distributed every rank must call it
+    with the same arguments: ranks share the samples and all return the same result."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     st = _Setup(generator, layer, segmenter, concept, seed=seed, z_sampler=z_sampler, z_dim=z_dim, device=device)
-    st.run(st.z_of(torch.arange(1)))
+    progress = progress and ddp.rank() == 0
+    st.probe()
     ids = st.check_units(units)
     k = st.values(value, num_samples, batch_size, progress) if mode != "ablate" else None
-    sums = {"original": 0.0, "ablated": 0.0, "inserted": 0.0}
-    for idx in _batches(num_samples, batch_size, progress, "ace"):
+    sums = torch.zeros(3, dtype=torch.int64)          # concept pixels: original, ablated, inserted
+    for idx in _batches(ddp.shard_indices(num_samples), batch_size, progress, "ace"):
         z = st.z_of(idx)
         pos = _positions(positions, idx, st.device)
         with torch.no_grad():
-            sums["original"] += float(st.fraction(st.run(z)[0]).sum())
+            sums[0] += int(st.count(st.run(z)[0]).sum())
             if mode != "insert":
-                sums["ablated"] += float(intervene(generator, layer, [ids], z, mode="ablate", positions=pos,
-                                                   measure=st.fraction).sum())
+                sums[1] += int(intervene(generator, layer, [ids], z, mode="ablate", positions=pos,
+                                         measure=st.count).sum())
             if mode != "ablate":
-                sums["inserted"] += float(intervene(generator, layer, [ids], z, mode="insert", values=k,
-                                                    positions=pos, measure=st.fraction).sum())
-    m = {key: v / num_samples for key, v in sums.items()}
+                sums[2] += int(intervene(generator, layer, [ids], z, mode="insert", values=k,
+                                         positions=pos, measure=st.count).sum())
+    sums = ddp.sum_across_ranks(sums).double() / (num_samples * st.pixels)
+    m = dict(zip(("original", "ablated", "inserted"), sums.tolist()))
     effect = {"insert_minus_ablate": m["inserted"] - m["ablated"], "ablate": m["original"] - m["ablated"],
               "insert": m["inserted"] - m["original"]}[mode]
     return ACEResult(st.concept, ids, mode, num_samples, effect, m["original"],
@@ -214,25 +247,29 @@ def rank_units_by_ace(generator: nn.Module, layer: str, segmenter, concept, *, n
                       z_dim: int | None = None, device=None, progress: bool = False) -> UnitRanking:
     """Single-unit ACE of every unit of `layer` in one streaming run: per batch the network
     runs to the layer once, and all U single-unit ablations (and insertions) run as one batched
-    dk.intervene (chunk_size bounds the sets per forward pass)."""
+    dk.intervene (chunk_size bounds the sets per forward pass). Under torch.distributed every
+    rank calls it with the same arguments, takes its shard of the samples, and returns the
+    single-process result (integer pixel counts summed across ranks)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     st = _Setup(generator, layer, segmenter, concept, seed=seed, z_sampler=z_sampler, z_dim=z_dim, device=device)
-    st.run(st.z_of(torch.arange(1)))
+    progress = progress and ddp.rank() == 0
+    st.probe()
     U = st.U
     k = st.values(value, num_samples, batch_size, progress)
     sets = torch.arange(U, device=st.device)[:, None]
-    orig, abl, ins = 0.0, torch.zeros(U, dtype=torch.float64), torch.zeros(U, dtype=torch.float64)
-    for idx in _batches(num_samples, batch_size, progress, "ace ranking"):
+    sums = torch.zeros(1 + 2 * U, dtype=torch.int64)  # concept pixels: original, ablated [U], inserted [U]
+    for idx in _batches(ddp.shard_indices(num_samples), batch_size, progress, "ace ranking"):
         z = st.z_of(idx)
         pos = _positions(positions, idx, st.device)
         with torch.no_grad():
-            orig += float(st.fraction(st.run(z)[0]).sum())
-            abl += intervene(generator, layer, sets, z, mode="ablate", positions=pos, measure=st.fraction,
-                             chunk_size=chunk_size).sum(1).cpu()
-            ins += intervene(generator, layer, sets, z, mode="insert", values=k, positions=pos,
-                             measure=st.fraction, chunk_size=chunk_size).sum(1).cpu()
-    orig, abl, ins = orig / num_samples, abl / num_samples, ins / num_samples
+            sums[0] += int(st.count(st.run(z)[0]).sum())
+            sums[1:U + 1] += intervene(generator, layer, sets, z, mode="ablate", positions=pos,
+                                       measure=st.count, chunk_size=chunk_size).sum(1).cpu()
+            sums[U + 1:] += intervene(generator, layer, sets, z, mode="insert", values=k, positions=pos,
+                                      measure=st.count, chunk_size=chunk_size).sum(1).cpu()
+    frac = ddp.sum_across_ranks(sums).double() / (num_samples * st.pixels)
+    orig, abl, ins = float(frac[0]), frac[1:U + 1], frac[U + 1:]
     effect = {"insert_minus_ablate": ins - abl, "ablate": orig - abl, "insert": ins - orig}[mode]
     order = torch.sort(-effect, stable=True).indices
     return UnitRanking(st.concept, mode, num_samples, order, effect, orig, abl, ins, k.cpu())
@@ -262,7 +299,9 @@ def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam:
     cell (ablated) - s~_c at the insertion cell (inserted),
     s~ average-pooled to the layer's grid, + lam * 20 * |alpha|^2 per update; `epochs` (default
     10) over the pairs; alpha_0 = init (GD: IoU / max IoU); value default: the concept-
-    conditioned mean. reproduce_ploc_bug reads the insertion term at the ablation cell, as GD."""
+    conditioned mean. reproduce_ploc_bug reads the insertion term at the ablation cell, as GD.
+    Single-process, not data-parallel: it makes no collective calls, so under torch.distributed
+    each calling rank runs the whole optimisation on its own (identical on every rank)."""
     if preset not in ("exact", "gandissect"):
         raise ValueError(f"preset must be 'exact' or 'gandissect', got {preset!r}")
     st = _Setup(generator, layer, segmenter, concept, seed=seed, z_sampler=z_sampler, z_dim=z_dim, device=device)
@@ -270,12 +309,12 @@ def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam:
     if not callable(soft):
         raise TypeError("optimize_alpha needs segmenter.soft_scores(images) -> [B, C, H, W] class scores")
     soft_kw = {} if temperature is None else {"temperature": temperature}
-    st.run(st.z_of(torch.arange(1)))
+    st.probe()
     U = st.U
     if value is None:
         value = "quantile" if preset == "exact" else "mean"
     stats_n = min(num_samples, 200)
-    k = st.values(value, stats_n, 32, progress)
+    k = st.values(value, stats_n, 32, progress, shard=False)
     if init is None:
         alpha0 = torch.full((U,), 0.5)
     else:

@@ -51,6 +51,26 @@ def merge_across_ranks(acc):
     return acc
 
 
+def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Sum of every rank's `t` (same shape on all ranks), added in rank order on every rank:
+    exact for integers, deterministic for floats (gathered as CPU tensors: gloo and NCCL)."""
+    if not is_distributed() or world_size() == 1:
+        return t
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, t.detach().cpu())
+    total = gathered[0].clone()
+    for peer in gathered[1:]:
+        total += peer
+    return total.to(t.device)
+
+
+def shard_dataset(dataset):
+    """This rank's contiguous shard of a map-style dataset (a Subset; the whole dataset without
+    torchrun). Unlike DistributedSampler it never pads, so every sample is counted once."""
+    from torch.utils.data import Subset
+    return Subset(dataset, shard_indices(len(dataset)))
+
+
 def _device_of(acc) -> torch.device:
     for v in acc.state_dict().values():
         return v.device

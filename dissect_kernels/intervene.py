@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from dissect_kernels import distributed as ddp
 from dissect_kernels import hooks
 from dissect_kernels.ops.edit import edit, edit_
 
@@ -148,6 +149,8 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
     measure(output) -> per-sample tensor with leading dim c*B (default: the output itself).
     chunk_size bounds the sets per forward pass. replicate="input" repeats the inputs instead
     (for networks whose later layers reuse activations from before `layer`, e.g. skips).
+    It works on exactly the inputs it is given (no sharding, no collectives, even under
+    torch.distributed); the drivers built on it (ace, rank_units_by_ace, classifier_ablation) shard.
     """
     module = hooks.get_module(model, layer)
     if mode not in ("ablate", "insert"):
@@ -283,6 +286,16 @@ class _Confusion:
         self.true += y.sum(0)
         self.n += y.shape[0]
 
+    def merge_across_ranks(self) -> None:
+        """Sum the counts of every rank (integers: exact) in place."""
+        counts = ddp.sum_across_ranks(torch.cat([self.tp.reshape(-1), self.pred.reshape(-1), self.true,
+                                                 torch.tensor([self.n], device=self.true.device)]))
+        k = self.tp.numel()
+        self.tp.copy_(counts[:k].view_as(self.tp))
+        self.pred.copy_(counts[k:2 * k].view_as(self.pred))
+        self.true.copy_(counts[2 * k:2 * k + self.C])
+        self.n = int(counts[-1])
+
     def metrics(self):
         """(precision, recall, balanced accuracy), each float64 [S, C]."""
         tp, pred, true = self.tp.double(), self.pred.double(), self.true.double()[None]
@@ -330,7 +343,12 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     from a train-set run) to skip the single-unit pass and evaluate that ranking here.
     multilabel=True: every output is an independent binary classifier (predicted present when
     its logit > 0) and labels are multi-hot [B, num_classes]; the per-class confusion counts
-    and hence precision / recall / balanced accuracy are of those binary decisions."""
+    and hence precision / recall / balanced accuracy are of those binary decisions.
+
+    Under torch.distributed each rank iterates its own loader, which the caller shards by rank
+    (e.g. a DataLoader over dk.distributed.shard_dataset(ds); DistributedSampler pads with
+    repeated samples unless drop_last or the size divides), and the integer confusion counts
+    are summed across ranks before the metrics: every rank returns the single-process result."""
     from tqdm.auto import tqdm
 
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -342,6 +360,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
+    progress = progress and ddp.rank() == 0
     if multilabel:
         def argmax(out):  # the measure: per-class binary decisions [rows, C]
             if out.dim() != 2 or out.shape[1] != num_classes:
@@ -365,6 +384,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
                 step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
                 ablated = intervene(model, layer, sets, x, measure=argmax, chunk_size=step)
                 (single.update_multilabel if multilabel else single.update)(torch.cat([base, ablated]), y)
+            single, units = _merged(single, units, C, device)
             if single is None:
                 raise ValueError("loader yielded no batches")
             p, r, b = single.metrics()
@@ -386,7 +406,8 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
             step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
             ablated = intervene(model, layer, plan, x, measure=argmax, chunk_size=step)
             (evals.update_multilabel if multilabel else evals.update)(torch.cat([base, ablated]), y)
-        if plan is None:
+        evals, units = _merged(evals if plan is not None else None, units, C, device)
+        if evals is None:
             raise ValueError("loader yielded no batches")
     ep, er, eb = evals.metrics()
     T = top_n.numel()
@@ -408,6 +429,24 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
         out.single_precision, out.single_recall = p[1:].cpu(), r[1:].cpu()
         out.single_balanced, out.drop = b[1:].cpu(), drop.cpu()
     return out
+
+
+def _merged(conf: "_Confusion | None", units, C: int, device):
+    """Sum a confusion across ranks (a rank whose loader was empty joins with zeros; the
+    evaluated units come from a rank that saw data). Returns (confusion or None, units)."""
+    if not ddp.is_distributed() or ddp.world_size() == 1:
+        return conf, units
+    import torch.distributed as dist
+    mine = None if conf is None else (conf.tp.shape[0], units.cpu())
+    peers: list = [None] * ddp.world_size()
+    dist.all_gather_object(peers, mine)
+    seen = [p for p in peers if p is not None]
+    if not seen:
+        return None, units
+    if conf is None:
+        conf, units = _Confusion(seen[0][0], C, device), seen[0][1].to(device)
+    conf.merge_across_ranks()
+    return conf, units
 
 
 def _layer_units(model, layer, x, units):
