@@ -139,7 +139,7 @@ class _Setup:
             images, acts = self.run(self.z_of(idx))
             if value == "quantile":
                 if sketch is None:
-                    sketch = _quantile_sketch(self.U, num_samples * acts.shape[2] * acts.shape[3], True,
+                    sketch = _quantile_sketch(self.U, num_samples * acts.shape[2] * acts.shape[3], "auto",
                                               self.device, min_quantile=q)
                 sketch.update(acts)
             else:
