@@ -160,8 +160,8 @@ class _Setup:
         if value not in ("quantile", "mean"):
             raise ValueError(f"value must be a number, a [U] tensor, 'quantile' or 'mean', got {value!r}")
         samples = ddp.shard_indices(num_samples) if shard else num_samples
-        sketch = _quantile_sketch(self.U, num_samples * self.grid[0] * self.grid[1], True, self.device,
-                                  min_quantile=q) if value == "quantile" else None
+        sketch = _quantile_sketch(self.U, num_samples * self.grid[0] * self.grid[1], "auto",
+                                  self.device, min_quantile=q) if value == "quantile" else None
         num = torch.zeros(self.U, dtype=torch.float64, device=self.device)
         den = torch.zeros((), dtype=torch.float64, device=self.device)
         for idx in _batches(samples, batch_size, progress, f"ace: insertion value ({value})"):

@@ -40,6 +40,9 @@ def add_gan_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
                    help="tally kernel backend (default: auto)")
     p.add_argument("--top-k", type=int, default=None, help="exemplars per unit (default: the convention's)")
+    p.add_argument("--quantile-mode", default=None, choices=["auto", "exact", "sketch"],
+                   help="pass-1 quantiles; 'sketch' keeps memory flat in --num-samples "
+                        "(default: auto for --convention exact, sketch for gandissect)")
     p.add_argument("--out", type=Path, default=Path("results/gan"))
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_gan, func=run_gan)   # the main CLI dispatches on `run`
@@ -90,7 +93,7 @@ def run_gan(args) -> int:
     result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
                                out_dir=args.out, progress=progress, backend=args.backend,
-                               top_k=args.top_k)
+                               top_k=args.top_k, quantile_mode=args.quantile_mode)
     lr = result.layers[layer]
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,

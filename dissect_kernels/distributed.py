@@ -24,12 +24,17 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def shard_indices(n: int, rank_: int | None = None, world: int | None = None) -> list[int]:
-    """Contiguous block of range(n) for this rank (blocks differ in size by at most one)."""
+def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
+    """Contiguous block of range(n) for this rank (blocks differ in size by at most one), as a
+    range: O(1) memory however large n is."""
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
-    lo, hi = n * r // w, n * (r + 1) // w
-    return list(range(lo, hi))
+    return range(n * r // w, n * (r + 1) // w)
+
+
+def shard_indices(n: int, rank_: int | None = None, world: int | None = None) -> list[int]:
+    """shard_range(n, rank_, world) as a list."""
+    return list(shard_range(n, rank_, world))
 
 
 def merge_across_ranks(acc):

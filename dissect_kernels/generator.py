@@ -138,27 +138,33 @@ class _Run:
 
 
 def _batches(samples, batch_size: int, progress: bool, desc: str):
-    """Index tensors of at most batch_size over range(samples) (an int) or a list of indices."""
+    """Index tensors of at most batch_size over range(samples) (an int), a range (built per
+    batch: O(batch) memory for any N) or a list of indices; the progress bar counts samples, so
+    it shows samples/s and the ETA."""
     from tqdm.auto import tqdm
-    idx = torch.arange(samples) if isinstance(samples, int) else torch.as_tensor(list(samples), dtype=torch.int64)
-    starts = range(0, len(idx), batch_size)
-    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield idx[s:s + batch_size]
+    samples = range(samples) if isinstance(samples, int) else samples
+    if not (isinstance(samples, range) and samples.step == 1):
+        samples = torch.as_tensor(list(samples), dtype=torch.int64)
+    with tqdm(total=len(samples), desc=desc, disable=not progress, leave=False, unit="sample",
+              unit_scale=True, smoothing=0.05) as bar:
+        for s in range(0, len(samples), batch_size):
+            part = samples[s:s + batch_size]
+            idx = torch.arange(part.start, part.stop) if isinstance(part, range) else part
+            yield idx
+            bar.update(len(idx))
 
 
 # ---------------------------------------------------------------- quantiles
 
 
-def _quantile_sketch(U: int, expected: int, exact: bool, device, min_quantile: float = 0.0) -> QuantileSketch:
-    """A QuantileSketch for quantiles >= min_quantile: exact when it fits the sketch's memory
-    budget (mode="auto"), or the bounded-memory sketch (exact=False: GD's sketched levels)."""
-    if not exact:
-        try:
-            return QuantileSketch(U, mode="sketch", min_quantile=min_quantile, expected_count=expected,
-                                  device=device)
-        except ImportError:   # the sketch backend (stats.tail_sketch) is not installed: exact
-            pass
-    return QuantileSketch(U, mode="auto", min_quantile=min_quantile, expected_count=expected, device=device)
+QUANTILE_MODES = ("auto", "exact", "sketch")
+
+
+def _quantile_sketch(U: int, expected: int, mode: str, device, min_quantile: float = 0.0) -> QuantileSketch:
+    """A QuantileSketch for quantiles >= min_quantile in `mode`: "exact" (state grows with the
+    sample count; refused over the sketch's memory budget), "sketch" (bounded memory: GD's
+    sketched levels) or "auto" (exact while it fits the budget, else the sketch)."""
+    return QuantileSketch(U, mode=mode, min_quantile=min_quantile, expected_count=expected, device=device)
 
 
 # ---------------------------------------------------------------- IQR search
@@ -195,7 +201,8 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
                       z_dim: int | None = None, convention: str = "exact", batch_size: int = 32,
                       device=None, out_dir=None, progress: bool = True, backend: str = "auto",
                       top_k: int | None = None, resume: bool = True,
-                      checkpoint_interval: float = 120.0) -> DissectionResult:
+                      checkpoint_interval: float = 120.0,
+                      quantile_mode: str | None = None) -> DissectionResult:
     """GAN dissection of `layers` of `generator` on num_samples z (z_i depends only on (seed, i),
     or z_sampler(indices) -> z). segmenter(images) -> class ids [B, (L,) H, W] with attribute
     num_classes (optional concept_names, category_names, category_of); class 0 = background.
@@ -206,8 +213,16 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     each rank takes a contiguous shard of the sample indices and the accumulators merge across
     ranks after every pass (every rank returns the merged result; rank 0 writes). With out_dir,
     accumulators are checkpointed every checkpoint_interval seconds and at pass boundaries; a
-    rerun with identical inputs resumes (resume=False starts over); a changed input starts over."""
+    rerun with identical inputs resumes (resume=False starts over); a changed input starts over.
+    quantile_mode (pass 1's levels): None = the convention's ("auto" for "exact": exact while
+    the kept values fit 2 GiB, so memory grows with num_samples up to that budget; "sketch" for
+    "gandissect"); "sketch" = bounded memory (peak memory independent of num_samples: use it
+    for large runs); "exact" = exact quantiles or a clear error when over the budget."""
     conv = get_convention(convention)
+    if quantile_mode is None:
+        quantile_mode = "auto" if conv.name == "exact" else "sketch"
+    if quantile_mode not in QUANTILE_MODES:
+        raise ValueError(f"quantile_mode must be None or one of {QUANTILE_MODES}, got {quantile_mode!r}")
     if conv.geometry == "receptive-field":
         raise ValueError(f"convention {conv.name!r} needs receptive-field geometry, which GAN "
                          "dissection does not use; choose 'exact' or 'gandissect'")
@@ -223,7 +238,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if ddp.world_size() > num_samples:
         raise ValueError(f"num_samples={num_samples} is smaller than the {ddp.world_size()} ranks")
-    shard = ddp.shard_indices(num_samples)            # this rank's samples (all without torchrun)
+    shard = ddp.shard_range(num_samples)              # this rank's samples (all without torchrun)
     progress = progress and ddp.rank() == 0
     C, names, cat_names, cat_of = segmenter_info(segmenter)
     K = len(cat_names)
@@ -247,6 +262,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         key = content_hash(generator, layers=layers, num_samples=num_samples, seed=seed,
                            z_sampler=None if z_sampler is None else getattr(z_sampler, "__qualname__", repr(z_sampler)),
                            z_dim=z_dim, convention=conv.name, batch_size=batch_size, top_k=top_k,
+                           quantile_mode=quantile_mode,
                            segmenter=[type(segmenter).__qualname__, C, names, cat_names, cat_of.tolist()],
                            rank=ddp.rank(), world=ddp.world_size())
         ck = Checkpointer(Path(out_dir) / ".checkpoint" / f"gan-rank{ddp.rank()}", key, checkpoint_interval)
@@ -258,7 +274,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
 
     def new_sketch(name, U, H, W):
         shapes[name] = [U, H, W]
-        acc["sketch"][name] = _quantile_sketch(U, num_samples * H * W, conv.name == "exact", device)
+        acc["sketch"][name] = _quantile_sketch(U, num_samples * H * W, quantile_mode, device)
 
     def new_pass2():
         for n in layers:
@@ -392,7 +408,8 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
         dataset={"kind": "generated", "num_samples": num_samples, "seed": seed,
                  "segmenter": type(segmenter).__name__},
         parameters={"batch_size": batch_size, "layers": layers, "quantile": conv.quantile,
-                    "levels": NUM_LEVELS, "agreement": AGREEMENT, "top_k": top_k},
+                    "levels": NUM_LEVELS, "agreement": AGREEMENT, "top_k": top_k,
+                    "quantile_mode": quantile_mode},
         timing=timing)
     if out_dir is not None and ddp.rank() == 0:        # rank 0 writes; z is a function of the index
         from dissect_kernels.report import write_report
