@@ -21,26 +21,32 @@ def one_line(err, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def load_model(spec: str, weights: str | None):
-    """Build `module.path:factory` and load a safetensors (or torch) state dict into it."""
-    import torch
-
+def build_from_spec(spec: str, flag: str = "--model"):
+    """Import `module.path:callable` and call it with no arguments; user errors exit with one
+    line naming `flag`."""
     if ":" not in spec:
-        raise SystemExit(f"--model must look like 'module.path:factory', got {spec!r}")
+        raise SystemExit(f"{flag} must look like 'module.path:factory', got {spec!r}")
     module_name, attr = spec.split(":", 1)
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise SystemExit(f"--model {spec!r}: cannot import it ({err})") from err
+        raise SystemExit(f"{flag} {spec!r}: cannot import it ({err})") from err
     try:
-        model = factory()
+        return factory()
     except Exception as err:  # noqa: BLE001 - the user's factory; say which one failed
-        raise SystemExit(f"--model {spec!r}: calling it failed ({type(err).__name__}: "
+        raise SystemExit(f"{flag} {spec!r}: calling it failed ({type(err).__name__}: "
                          f"{one_line(err)})") from err
+
+
+def load_model(spec: str, weights: str | None, flag: str = "--model"):
+    """Build `module.path:factory` and load a safetensors (or torch) state dict into it."""
+    import torch
+
+    model = build_from_spec(spec, flag)
     if not isinstance(model, torch.nn.Module):
-        raise SystemExit(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise SystemExit(f"{flag} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if weights:
-        load_weights(model, weights, "--model", spec)
+        load_weights(model, weights, flag, spec)
     return model
 
 

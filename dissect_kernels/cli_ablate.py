@@ -359,16 +359,3 @@ def run_ablate(args) -> int:
     print(f"report:  {paths[3].resolve()}  ({time.perf_counter() - t0:.1f} s)")
     return 0
 
-
-def main(argv=None) -> int:
-    """`python -m dissect_kernels.cli_ablate [flags]`: the same as `dissect-kernels ablate [flags]`."""
-    import sys
-    ap = argparse.ArgumentParser(prog="dissect-kernels")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_ablate_parser(sub)
-    args = ap.parse_args(["ablate", *(sys.argv[1:] if argv is None else argv)])
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

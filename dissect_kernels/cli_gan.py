@@ -4,22 +4,10 @@ and ace.html. Register with add_gan_parser(subparsers); `python -m dissect_kerne
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from pathlib import Path
 
 import torch
-
-
-def _factory(spec: str):
-    """'package.module:callable' -> the callable's return value."""
-    if ":" not in spec:
-        raise SystemExit(f"expected 'module.path:callable', got {spec!r}")
-    mod, name = spec.split(":", 1)
-    try:
-        return getattr(importlib.import_module(mod), name)()
-    except (ImportError, AttributeError) as e:
-        raise SystemExit(f"cannot load {spec!r}: {e}") from e
 
 
 def add_gan_parser(sub) -> argparse.ArgumentParser:
@@ -51,12 +39,9 @@ def add_gan_parser(sub) -> argparse.ArgumentParser:
 
 def _load(args):
     from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
+    from dissect_kernels.cli import build_from_spec, load_model
     if args.generator:
-        gen = _factory(args.generator)
-        if args.weights:
-            from dissect_kernels.cli import load_weights
-            load_weights(gen, args.weights, "--generator", args.generator)
-        gen.eval()
+        gen = load_model(args.generator, args.weights, "--generator").eval()
         layer = args.layer
         if layer is None:
             raise SystemExit("--layer is required with --generator")
@@ -67,7 +52,7 @@ def _load(args):
             raise SystemExit(f"--layer: {err}") from err
     else:
         gen, layer = load_default_generator(), args.layer or tiny_gan_info()["layer"]
-    seg = _factory(args.segmenter) if args.segmenter else default_segmenter()
+    seg = build_from_spec(args.segmenter, "--segmenter") if args.segmenter else default_segmenter()
     return gen, layer, seg
 
 
@@ -124,14 +109,3 @@ def run_gan(args) -> int:
     print(f"wrote {report} and {page} in {time.perf_counter() - t0:.1f} s")
     return 0
 
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="dissect-kernels")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_gan_parser(sub)
-    args = ap.parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
