@@ -4,7 +4,8 @@ from dissect_kernels.dissect import dissect
 from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
-from dissect_kernels.intervene import AblationResult, classifier_ablation, intervene, plot_ablation
+from dissect_kernels.ablation import AblationResult, classifier_ablation, plot_ablation
+from dissect_kernels.intervene import intervene
 from dissect_kernels.ops.edit import edit, edit_
 from dissect_kernels.ops.label_stats import LabelStats, label_stats
 from dissect_kernels.ops.segment_stats import segment_stats

@@ -315,7 +315,7 @@ def print_table(res, names, rows, n_show: int = 12) -> None:
 def run_ablate(args) -> int:
     """Rank units on the rank split, evaluate top-N / all-but-top-N on the eval split, write files."""
     from dissect_kernels.cli import open_dataset
-    from dissect_kernels.intervene import classifier_ablation
+    from dissect_kernels.ablation import classifier_ablation
 
     t0 = time.perf_counter()
     if args.batch_size < 1:

@@ -9,9 +9,9 @@ from gloo import run_gloo
 
 from dissect_kernels import distributed as ddp
 from dissect_kernels.ace import ace, rank_units_by_ace
-from dissect_kernels.intervene import classifier_ablation
+from dissect_kernels.ablation import classifier_ablation
 from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator
-from test_intervene import Planted, planted_data
+from test_ablation import Planted, planted_data
 
 N = 11              # odd: the two shards differ in size (5 and 6 samples)
 
