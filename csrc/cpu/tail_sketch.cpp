@@ -108,9 +108,9 @@ bool have_avx512() {
 // 16-lane gather binary search for the index of the last v[0, t) <= x.
 __attribute__((target("avx512f,avx512dq,avx512vl,popcnt")))
 void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, const float* xs,
-                     int64_t n, float* buf, float* pend, int64_t& pn, int64_t P, int64_t* g,
+                     int64_t n, float* buf, float* pend, int64_t& pn_io, int64_t P, int64_t* g,
                      int64_t* q, int64_t& n0_out, int64_t& ne_out, int64_t& nb_out) {
-  int64_t n0 = 0, ne = 0, nb = 0, i = 0;
+  int64_t n0 = 0, ne = 0, nb = 0, i = 0, pn = pn_io;  // locals: no store-to-load chain per step
   const __m512 V0 = _mm512_set1_ps(v0), H0 = _mm512_set1_ps(hi0), TAU = _mm512_set1_ps(tau);
   for (; i + 16 <= n && pn + 16 <= P; i += 16) {
     const __m512 x = _mm512_loadu_ps(xs + i);
@@ -138,9 +138,66 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
     if (!(c0 | c1)) pend[pn++] = x;
   }
   // 4 independent 16-lane searches per step: the gather latency of one chain hides behind the others.
+  // For t >= 64 the first 5 levels run in registers: pivots P_j = v[p_j], p_j = j t / 32, give
+  // c = last j with P_j <= x (v[0] <= x), so the answer lies in [p_c, p_{c+1}) (p_32 = t); the
+  // gathers then search only that range (per-lane length, <= ceil(t / 32)). Same index as before:
+  // the last i < t with v[i] <= x.
   constexpr int K = 4;
   int64_t j = 0;
   alignas(64) int32_t bi[K][16];
+  const bool coarse = t >= 64;
+  alignas(64) float piv[32] = {};
+  alignas(64) int32_t pidx[32] = {};
+  int64_t fine_steps = 0;
+  if (coarse) {
+    int64_t maxlen = 0;
+    for (int c = 0; c < 32; ++c) {
+      pidx[c] = static_cast<int32_t>((c * t) >> 5);
+      piv[c] = v[pidx[c]];
+      const int64_t end = (c == 31) ? t : (((c + 1) * t) >> 5);
+      maxlen = std::max(maxlen, end - pidx[c]);
+    }
+    for (int64_t l = maxlen; l > 1; l -= l >> 1) ++fine_steps;
+  }
+  const __m512 PLO = _mm512_load_ps(piv), PHI = _mm512_load_ps(piv + 16);
+  const __m512i ILO = _mm512_load_si512(pidx), IHI = _mm512_load_si512(pidx + 16);
+  const __m512i ONE = _mm512_set1_epi32(1), C31 = _mm512_set1_epi32(31);
+  const __m512i TV = _mm512_set1_epi32(static_cast<int32_t>(t));
+  for (; coarse && j + 16 * K <= nb; j += 16 * K) {
+    __m512 x[K];
+    __m512i base[K], len[K];
+    for (int k = 0; k < K; ++k) {
+      x[k] = _mm512_loadu_ps(buf + j + 16 * k);
+      __m512i c = _mm512_setzero_si512();
+      for (int step = 16; step >= 1; step >>= 1) {
+        const __m512i cand = _mm512_add_epi32(c, _mm512_set1_epi32(step));
+        const __m512 pv = _mm512_permutex2var_ps(PLO, cand, PHI);
+        c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask(pv, x[k], _CMP_LE_OQ), cand);
+      }
+      base[k] = _mm512_permutex2var_epi32(ILO, c, IHI);
+      __m512i end = _mm512_permutex2var_epi32(ILO, _mm512_add_epi32(c, ONE), IHI);
+      end = _mm512_mask_mov_epi32(end, _mm512_cmpeq_epi32_mask(c, C31), TV);
+      len[k] = _mm512_sub_epi32(end, base[k]);
+    }
+    for (int64_t st = 0; st < fine_steps; ++st) {
+      for (int k = 0; k < K; ++k) {
+        const __m512i half = _mm512_srli_epi32(len[k], 1);
+        const __m512i idx = _mm512_add_epi32(base[k], half);
+        const __m512 vv = _mm512_i32gather_ps(idx, v, 4);
+        base[k] = _mm512_mask_mov_epi32(base[k], _mm512_cmp_ps_mask(vv, x[k], _CMP_LE_OQ), idx);
+        len[k] = _mm512_sub_epi32(len[k], half);
+      }
+    }
+    __mmask16 e[K];
+    for (int k = 0; k < K; ++k) {
+      e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
+      _mm512_store_si512(bi[k], base[k]);
+    }
+    for (int k = 0; k < K; ++k)
+      for (int w = 0; w < 16; ++w) {
+        if ((e[k] >> w) & 1) ++q[bi[k][w]]; else ++g[bi[k][w]];
+      }
+  }
   for (; j + 16 * K <= nb; j += 16 * K) {
     __m512 x[K];
     __m512i base[K];
@@ -192,7 +249,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
     }
     if (v[b] == buf[j]) ++q[b]; else ++g[b];
   }
-  n0_out = n0; ne_out = ne; nb_out = nb;
+  n0_out = n0; ne_out = ne; nb_out = nb; pn_io = pn;
 }
 // 16x16 float transpose: dst[q * ds + r] = src[r * ss + q] for r, q < 16.
 __attribute__((target("avx512f")))
