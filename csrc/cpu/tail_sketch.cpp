@@ -1,5 +1,8 @@
 // tail_sketch CPU core: gap counting + pending buffer per unit, flush = merge + prune
 // (rules in tail_sketch.h). OpenMP across groups of units; each unit is processed by one thread.
+// On CPUs with AVX-512 (checked at run time; DK_TAIL_SKETCH_SCALAR=1 forces the portable code) the
+// 16x16 transpose, the partition and the bulk search are vectorised; every path finds the same gap
+// index (last summary entry <= x), so the state is identical to the portable code's and the torch path's.
 #include "dissect_kernels/tail_sketch.h"
 
 #include <algorithm>
@@ -195,7 +198,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
     }
     for (int k = 0; k < K; ++k)
       for (int w = 0; w < 16; ++w) {
-        if ((e[k] >> w) & 1) ++q[bi[k][w]]; else ++g[bi[k][w]];
+        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
       }
   }
   for (; j + 16 * K <= nb; j += 16 * K) {
@@ -220,7 +223,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
     }
     for (int k = 0; k < K; ++k)
       for (int w = 0; w < 16; ++w) {
-        if ((e[k] >> w) & 1) ++q[bi[k][w]]; else ++g[bi[k][w]];
+        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
       }
   }
   for (; j + 16 <= nb; j += 16) {
