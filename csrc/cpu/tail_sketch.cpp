@@ -1,8 +1,17 @@
 // tail_sketch CPU core: gap counting + pending buffer per unit, flush = merge + prune
 // (rules in tail_sketch.h). OpenMP across groups of units; each unit is processed by one thread.
+// On CPUs with AVX-512 (checked at run time; DK_TAIL_SKETCH_SCALAR=1 forces the portable code) the
+// 16x16 transpose, the partition and the bulk search are vectorised; every path finds the same gap
+// index (last summary entry <= x), so the state is identical to the portable code's and the torch path's.
 #include "dissect_kernels/tail_sketch.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DK_TS_X86 1
+#endif
 #include <limits>
 #include <memory>
 #ifdef _OPENMP
@@ -19,6 +28,7 @@ constexpr int64_t kGroup = 16;     // units per tile (one 64-byte line of a floa
 struct Scratch {
   std::vector<float> v;
   std::vector<int64_t> lo, hi;
+  std::vector<uint32_t> k0, k1;
   void reserve(int64_t n) {
     v.resize(n); lo.resize(n); hi.resize(n);
   }
@@ -60,6 +70,219 @@ int64_t prune_rounds(float* v, int64_t* lo, int64_t* hi, int64_t n, int64_t N, i
   return n;
 }
 
+// Ascending sort of n finite-or-infinite floats (no NaN) by LSD radix on order-preserving keys
+// (3 passes of 11 bits); the result equals std::sort's up to the order of -0.0 / +0.0 ties.
+void radix_sort(float* b, int64_t n, std::vector<uint32_t>& k0, std::vector<uint32_t>& k1) {
+  if (n < 256) { std::sort(b, b + n); return; }
+  k0.resize(n); k1.resize(n);
+  uint32_t cnt[3][2048];
+  std::memset(cnt, 0, sizeof(cnt));
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, b + i, 4);
+    u ^= (u >> 31) ? 0xFFFFFFFFu : 0x80000000u;
+    k0[i] = u;
+    ++cnt[0][u & 2047]; ++cnt[1][(u >> 11) & 2047]; ++cnt[2][u >> 22];
+  }
+  for (int p = 0; p < 3; ++p) {
+    uint32_t sum = 0;
+    for (int d = 0; d < 2048; ++d) { const uint32_t c = cnt[p][d]; cnt[p][d] = sum; sum += c; }
+  }
+  for (int64_t i = 0; i < n; ++i) { const uint32_t u = k0[i]; k1[cnt[0][u & 2047]++] = u; }
+  for (int64_t i = 0; i < n; ++i) { const uint32_t u = k1[i]; k0[cnt[1][(u >> 11) & 2047]++] = u; }
+  for (int64_t i = 0; i < n; ++i) { const uint32_t u = k0[i]; k1[cnt[2][u >> 22]++] = u; }
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u = k1[i];
+    u ^= (u >> 31) ? 0x80000000u : 0xFFFFFFFFu;
+    std::memcpy(b + i, &u, 4);
+  }
+}
+
+#ifdef DK_TS_X86
+bool have_avx512() {
+  // DK_TAIL_SKETCH_SCALAR=1 forces the portable code (to test it on AVX-512 machines).
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512vl") && std::getenv("DK_TAIL_SKETCH_SCALAR") == nullptr;
+  return ok;
+}
+
+// AVX-512 version of classify's two loops (same results as the scalar code): partition with
+// register compress (full 16-lane stores only where they stay inside the unit's buffers), then a
+// 16-lane gather binary search for the index of the last v[0, t) <= x.
+__attribute__((target("avx512f,avx512dq,avx512vl,popcnt")))
+void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, const float* xs,
+                     int64_t n, float* buf, float* pend, int64_t& pn_io, int64_t P, int64_t* g,
+                     int64_t* q, int64_t& n0_out, int64_t& ne_out, int64_t& nb_out) {
+  int64_t n0 = 0, ne = 0, nb = 0, i = 0, pn = pn_io;  // locals: no store-to-load chain per step
+  const __m512 V0 = _mm512_set1_ps(v0), H0 = _mm512_set1_ps(hi0), TAU = _mm512_set1_ps(tau);
+  for (; i + 16 <= n && pn + 16 <= P; i += 16) {
+    const __m512 x = _mm512_loadu_ps(xs + i);
+    const __mmask16 ge0 = _mm512_cmp_ps_mask(x, V0, _CMP_GE_OQ);
+    const __mmask16 lth = _mm512_cmp_ps_mask(x, H0, _CMP_LT_OQ);
+    const __mmask16 geh = _mm512_cmp_ps_mask(x, H0, _CMP_GE_OQ);
+    const __mmask16 ltt = _mm512_cmp_ps_mask(x, TAU, _CMP_LT_OQ);
+    const __mmask16 c0 = ge0 & lth, c1 = geh & ltt;
+    const __mmask16 eqm = c0 & _mm512_cmp_ps_mask(x, V0, _CMP_EQ_OQ);
+    const __mmask16 pm = static_cast<__mmask16>(~(c0 | c1));
+    n0 += __builtin_popcount(c0);
+    ne += __builtin_popcount(eqm);
+    _mm512_storeu_ps(buf + nb, _mm512_maskz_compress_ps(c1, x));
+    nb += __builtin_popcount(c1);
+    _mm512_storeu_ps(pend + pn, _mm512_maskz_compress_ps(pm, x));
+    pn += __builtin_popcount(pm);
+  }
+  for (; i < n; ++i) {
+    const float x = xs[i];
+    const bool c0 = (x >= v0) & (x < hi0);
+    const bool c1 = (x >= hi0) & (x < tau);
+    n0 += c0;
+    ne += c0 & (x == v0);
+    if (c1) buf[nb++] = x;
+    if (!(c0 | c1)) pend[pn++] = x;
+  }
+  // 4 independent 16-lane searches per step: the gather latency of one chain hides behind the others.
+  // For t >= 64 the first 5 levels run in registers: pivots P_j = v[p_j], p_j = j t / 32, give
+  // c = last j with P_j <= x (v[0] <= x), so the answer lies in [p_c, p_{c+1}) (p_32 = t); the
+  // gathers then search only that range (per-lane length, <= ceil(t / 32)). Same index as before:
+  // the last i < t with v[i] <= x.
+  constexpr int K = 4;
+  int64_t j = 0;
+  alignas(64) int32_t bi[K][16];
+  const bool coarse = t >= 64;
+  alignas(64) float piv[32] = {};
+  alignas(64) int32_t pidx[32] = {};
+  int64_t fine_steps = 0;
+  if (coarse) {
+    int64_t maxlen = 0;
+    for (int c = 0; c < 32; ++c) {
+      pidx[c] = static_cast<int32_t>((c * t) >> 5);
+      piv[c] = v[pidx[c]];
+      const int64_t end = (c == 31) ? t : (((c + 1) * t) >> 5);
+      maxlen = std::max(maxlen, end - pidx[c]);
+    }
+    for (int64_t l = maxlen; l > 1; l -= l >> 1) ++fine_steps;
+  }
+  const __m512 PLO = _mm512_load_ps(piv), PHI = _mm512_load_ps(piv + 16);
+  const __m512i ILO = _mm512_load_si512(pidx), IHI = _mm512_load_si512(pidx + 16);
+  const __m512i ONE = _mm512_set1_epi32(1), C31 = _mm512_set1_epi32(31);
+  const __m512i TV = _mm512_set1_epi32(static_cast<int32_t>(t));
+  for (; coarse && j + 16 * K <= nb; j += 16 * K) {
+    __m512 x[K];
+    __m512i base[K], len[K];
+    for (int k = 0; k < K; ++k) {
+      x[k] = _mm512_loadu_ps(buf + j + 16 * k);
+      __m512i c = _mm512_setzero_si512();
+      for (int step = 16; step >= 1; step >>= 1) {
+        const __m512i cand = _mm512_add_epi32(c, _mm512_set1_epi32(step));
+        const __m512 pv = _mm512_permutex2var_ps(PLO, cand, PHI);
+        c = _mm512_mask_mov_epi32(c, _mm512_cmp_ps_mask(pv, x[k], _CMP_LE_OQ), cand);
+      }
+      base[k] = _mm512_permutex2var_epi32(ILO, c, IHI);
+      __m512i end = _mm512_permutex2var_epi32(ILO, _mm512_add_epi32(c, ONE), IHI);
+      end = _mm512_mask_mov_epi32(end, _mm512_cmpeq_epi32_mask(c, C31), TV);
+      len[k] = _mm512_sub_epi32(end, base[k]);
+    }
+    for (int64_t st = 0; st < fine_steps; ++st) {
+      for (int k = 0; k < K; ++k) {
+        const __m512i half = _mm512_srli_epi32(len[k], 1);
+        const __m512i idx = _mm512_add_epi32(base[k], half);
+        const __m512 vv = _mm512_i32gather_ps(idx, v, 4);
+        base[k] = _mm512_mask_mov_epi32(base[k], _mm512_cmp_ps_mask(vv, x[k], _CMP_LE_OQ), idx);
+        len[k] = _mm512_sub_epi32(len[k], half);
+      }
+    }
+    __mmask16 e[K];
+    for (int k = 0; k < K; ++k) {
+      e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
+      _mm512_store_si512(bi[k], base[k]);
+    }
+    for (int k = 0; k < K; ++k)
+      for (int w = 0; w < 16; ++w) {
+        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
+      }
+  }
+  for (; j + 16 * K <= nb; j += 16 * K) {
+    __m512 x[K];
+    __m512i base[K];
+    for (int k = 0; k < K; ++k) { x[k] = _mm512_loadu_ps(buf + j + 16 * k); base[k] = _mm512_setzero_si512(); }
+    int64_t l = t;
+    while (l > 1) {
+      const int64_t half = l >> 1;
+      const __m512i h = _mm512_set1_epi32(static_cast<int32_t>(half));
+      for (int k = 0; k < K; ++k) {
+        const __m512i idx = _mm512_add_epi32(base[k], h);
+        const __m512 vv = _mm512_i32gather_ps(idx, v, 4);
+        base[k] = _mm512_mask_mov_epi32(base[k], _mm512_cmp_ps_mask(vv, x[k], _CMP_LE_OQ), idx);
+      }
+      l -= half;
+    }
+    __mmask16 e[K];
+    for (int k = 0; k < K; ++k) {
+      e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
+      _mm512_store_si512(bi[k], base[k]);
+    }
+    for (int k = 0; k < K; ++k)
+      for (int w = 0; w < 16; ++w) {
+        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
+      }
+  }
+  for (; j + 16 <= nb; j += 16) {
+    const __m512 x = _mm512_loadu_ps(buf + j);
+    __m512i base = _mm512_setzero_si512();
+    int64_t l = t;
+    while (l > 1) {
+      const int64_t half = l >> 1;
+      const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(static_cast<int32_t>(half)));
+      const __m512 vv = _mm512_i32gather_ps(idx, v, 4);
+      base = _mm512_mask_mov_epi32(base, _mm512_cmp_ps_mask(vv, x, _CMP_LE_OQ), idx);
+      l -= half;
+    }
+    const __mmask16 e = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base, v, 4), x, _CMP_EQ_OQ);
+    _mm512_store_si512(bi[0], base);
+    for (int w = 0; w < 16; ++w) {
+      if ((e >> w) & 1) ++q[bi[0][w]]; else ++g[bi[0][w]];
+    }
+  }
+  for (; j < nb; ++j) {
+    int64_t b = 0, l = t;
+    while (l > 1) {
+      const int64_t half = l >> 1;
+      b += static_cast<int64_t>(v[b + half] <= buf[j]) * half;
+      l -= half;
+    }
+    if (v[b] == buf[j]) ++q[b]; else ++g[b];
+  }
+  n0_out = n0; ne_out = ne; nb_out = nb; pn_io = pn;
+}
+// 16x16 float transpose: dst[q * ds + r] = src[r * ss + q] for r, q < 16.
+__attribute__((target("avx512f")))
+inline void transpose16_avx512(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; i += 2) {
+    b[i] = _mm512_unpacklo_ps(a[i], a[i + 1]);
+    b[i + 1] = _mm512_unpackhi_ps(a[i], a[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    a[i] = _mm512_shuffle_ps(b[i], b[i + 2], 0x44);
+    a[i + 1] = _mm512_shuffle_ps(b[i], b[i + 2], 0xEE);
+    a[i + 2] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0x44);
+    a[i + 3] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 16; i += 8) {
+    for (int k = 0; k < 4; ++k) {
+      b[i + k] = _mm512_shuffle_f32x4(a[i + k], a[i + 4 + k], 0x88);
+      b[i + 4 + k] = _mm512_shuffle_f32x4(a[i + k], a[i + 4 + k], 0xDD);
+    }
+  }
+  for (int k = 0; k < 8; ++k) {
+    a[k] = _mm512_shuffle_f32x4(b[k], b[8 + k], 0x88);
+    a[8 + k] = _mm512_shuffle_f32x4(b[k], b[8 + k], 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, a[i]);
+}
+#endif
+
 void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<unsigned char>& drop) {
   const int64_t M = s.M, P = s.P;
   float* v = s.values + u * M;
@@ -88,7 +311,7 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<un
   v = ov.data(); lo = olo.data(); hi = ohi.data();
   const int64_t N0 = s.total[u];
   float* b = s.pend + u * P;
-  std::sort(b, b + m);
+  radix_sort(b, m, sc.k0, sc.k1);
   int64_t i = 0, j = 0;
   k = 0;
   while (i < n || j < m) {
@@ -156,6 +379,16 @@ void classify(const TailSketchState& s, int64_t u, const float* xs, int64_t n, f
   }
   const float hi0 = (z + 1 < t) ? v[z + 1] : tau;
   int64_t n0 = 0, ne = 0, nb = 0;
+#ifdef DK_TS_X86
+  if (t < (int64_t{1} << 30) && have_avx512()) {
+    classify_avx512(v, t, v0, hi0, tau, xs, n, buf, pend, pn, s.P, g, q, n0, ne, nb);
+    g[z] += n0 - ne;
+    q[z] += ne;
+    s.pend_n[u] = pn;
+    s.counted[u] += n0 + nb;
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; ++i) {
     const float x = xs[i];
     const bool c0 = (x >= v0) & (x < hi0);
@@ -221,22 +454,28 @@ void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N,
       Scratch sc;
       std::vector<unsigned char> drop;
       const int64_t R = std::min(s.block_rows, N);
-      std::unique_ptr<float[]> slab(new float[nu * R]), buf(new float[R]);
+      const int64_t RS = R + 16;  // padded slab row stride: a power-of-two stride would make the
+      // transpose's 16 column writes fall into one L1 set (4K aliasing)
+      std::unique_ptr<float[]> slab(new float[kGroup * RS]), buf(new float[R + 16]);
       for (int64_t r0 = 0; r0 < N; r0 += s.block_rows) {
         const int64_t rows = std::min(s.block_rows, N - r0);
         for (int64_t u = ua; u < ub; ++u)
           if (s.P - s.pend_n[u] < rows) flush_unit(s, u, sc, drop);
-        for (int64_t rr = 0; rr < rows; rr += 16) {
-          const int64_t re = std::min(rows, rr + 16);
-          for (int64_t c = 0; c < nu; c += 16) {
-            const int64_t ce = std::min(nu, c + 16);
-            for (int64_t r = rr; r < re; ++r) {
-              const float* src = x + (r0 + r) * ld + ua;
-              for (int64_t q = c; q < ce; ++q) slab[q * R + r] = src[q];
-            }
+        // one group of 16 units at a time: its slab (16 x rows) stays in L2 between the
+        // transpose and the classification
+        for (int64_t c = 0; c < nu; c += kGroup) {
+          const int64_t ce = std::min(nu, c + kGroup);
+          int64_t r = 0;
+#ifdef DK_TS_X86
+          if (ce - c == 16 && have_avx512())
+            for (; r + 16 <= rows; r += 16) transpose16_avx512(x + (r0 + r) * ld + ua + c, ld, slab.get() + r, RS);
+#endif
+          for (; r < rows; ++r) {
+            const float* src = x + (r0 + r) * ld + ua + c;
+            for (int64_t q = 0; q < ce - c; ++q) slab[q * RS + r] = src[q];
           }
+          for (int64_t q = c; q < ce; ++q) classify(s, ua + q, slab.get() + (q - c) * RS, rows, buf.get());
         }
-        for (int64_t q = 0; q < nu; ++q) classify(s, ua + q, slab.get() + q * R, rows, buf.get());
       }
     }
   }

@@ -126,10 +126,11 @@ class TailSketch:
             raise ValueError(f"x is on {x.device} but the sketch lives on {self._device}")
         if self._device is None:
             self._device = x.device
-        _checks.not_nan("x", x)
         if x.shape[0] == 0:
             return
         x = x.to(torch.float32)
+        if bool(torch.isnan(x.amax())):  # amax propagates NaN; ~5x cheaper than isnan(x).any()
+            raise ValueError("x contains NaN values")
         if x.stride(1) != 1 or x.stride(0) < U:
             x = x.contiguous()
         st = self._state()
