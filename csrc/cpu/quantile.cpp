@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 
@@ -72,10 +73,14 @@ inline const float* as_floats(const T* p, float* tmp) {
 template <>
 inline const float* as_floats<float>(const float* p, float*) { return p; }
 
-// Number of b[0..n) that are > c.
-inline int64_t count_above_scalar(const float* b, int64_t n, float c) {
-  int64_t above = 0;
-  for (int64_t i = 0; i < n; ++i) above += b[i] > c;
+// Number of b[0..n) that are > c; *equal += the number == c.
+inline int64_t count_above_scalar(const float* b, int64_t n, float c, int64_t* equal) {
+  int64_t above = 0, eq = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    above += b[i] > c;
+    eq += b[i] == c;
+  }
+  *equal += eq;
   return above;
 }
 // Keep (in order, in place) the b[0..n) that are > c; returns how many.
@@ -91,12 +96,16 @@ inline int64_t keep_above_scalar(float* b, int64_t n, float c) {
 
 #ifdef DK_QUANTILE_AVX512
 __attribute__((target("avx512f,popcnt")))
-int64_t count_above_avx512(const float* b, int64_t n, float c) {
+int64_t count_above_avx512(const float* b, int64_t n, float c, int64_t* equal) {
   const __m512 cc = _mm512_set1_ps(c);
-  int64_t above = 0, i = 0;
-  for (; i + 16 <= n; i += 16)
-    above += __builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(b + i), cc, _CMP_GT_OQ));
-  return above + count_above_scalar(b + i, n - i, c);
+  int64_t above = 0, eq = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(b + i);
+    above += __builtin_popcount(_mm512_cmp_ps_mask(v, cc, _CMP_GT_OQ));
+    eq += __builtin_popcount(_mm512_cmp_ps_mask(v, cc, _CMP_EQ_OQ));
+  }
+  *equal += eq;
+  return above + count_above_scalar(b + i, n - i, c, equal);
 }
 // Register compress + full 16-lane store at b + w (w <= i, so it only overwrites values
 // already loaded); the slots past the kept count are left unspecified.
@@ -121,14 +130,16 @@ inline bool has_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt");
   return ok;
 }
-inline int64_t count_above(const float* b, int64_t n, float c) {
-  return has_avx512() ? count_above_avx512(b, n, c) : count_above_scalar(b, n, c);
+inline int64_t count_above(const float* b, int64_t n, float c, int64_t* equal) {
+  return has_avx512() ? count_above_avx512(b, n, c, equal) : count_above_scalar(b, n, c, equal);
 }
 inline int64_t keep_above(float* b, int64_t n, float c) {
   return has_avx512() ? keep_above_avx512(b, n, c) : keep_above_scalar(b, n, c);
 }
 #else
-inline int64_t count_above(const float* b, int64_t n, float c) { return count_above_scalar(b, n, c); }
+inline int64_t count_above(const float* b, int64_t n, float c, int64_t* equal) {
+  return count_above_scalar(b, n, c, equal);
+}
 inline int64_t keep_above(float* b, int64_t n, float c) { return keep_above_scalar(b, n, c); }
 #endif
 
@@ -158,10 +169,20 @@ struct State {
       if (m < kSample) {
         std::nth_element(smp, smp + m, smp + kSample, std::greater<float>());
         const float c = smp[m];
-        const int64_t above = count_above(b, n, c);
+        int64_t equal = 0;
+        const int64_t above = count_above(b, n, c, &equal);
         if (above >= target && above <= (target + capacity) / 2) {
           cut[u] = c;
           kept[u] = keep_above(b, n, c);
+          return;
+        }
+        if (above < target && above + equal >= target) {
+          // c is the target-th largest (typically a run of ties such as ReLU zeros): keep
+          // the values > c and target - above copies of c, as nth_element would.
+          const int64_t w = keep_above(b, n, c);
+          std::fill(b + w, b + target, c);
+          cut[u] = c;
+          kept[u] = target;
           return;
         }
       }
@@ -278,25 +299,24 @@ template <typename T>
 void run(const QuantileFilterArgs& a) {
   State st{a.buffer, a.capacity, a.target, a.kept, a.cut, a.nan_count};
   if (a.S == 1 && a.x_stride[1] == 1) {
-#pragma omp parallel
-    {
-      int nt = 1, t = 0;
+    int nt = 1;
 #ifdef _OPENMP
-      nt = omp_get_num_threads();
-      t = omp_get_thread_num();
+    nt = omp_get_max_threads();
 #endif
-      // split units into per-thread ranges aligned to the block size
-      const int64_t blocks = (a.U + kBlock - 1) / kBlock;
-      const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-      const int64_t u0 = std::min(a.U, b0 * kBlock), u1 = std::min(a.U, b1 * kBlock);
-      if (u0 < u1) {
+    // One thread: whole rows. Several: unit panels handed out dynamically, so a thread that
+    // the OS deschedules on a shared machine does not hold the others at a static split.
+    const char* pe = std::getenv("DK_QPANEL");
+    const int64_t panel = nt == 1 ? a.U : (pe ? std::atoll(pe) : 64);
+    const int64_t np = (a.U + panel - 1) / panel;
+#pragma omp parallel for schedule(dynamic, 1) if (np > 1)
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t u0 = p * panel, u1 = std::min(a.U, u0 + panel);
 #ifdef DK_QUANTILE_AVX512
-        if (std::is_same<T, float>::value && has_avx512())
-          scan_rows_f32_avx512(a, st, u0, u1);
-        else
+      if (std::is_same<T, float>::value && has_avx512())
+        scan_rows_f32_avx512(a, st, u0, u1);
+      else
 #endif
-          scan_rows<T>(a, st, u0, u1);
-      }
+        scan_rows<T>(a, st, u0, u1);
     }
   } else {
 #pragma omp parallel for schedule(static)
