@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "dissect_kernels/convert.h"
 
@@ -20,6 +21,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DK_QUANTILE_AVX512 1
+
 #endif
 
 namespace dissect_kernels {
@@ -225,6 +227,33 @@ struct State {
 __attribute__((target("avx512f")))
 void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
   const float* x = static_cast<const float*>(a.x);
+  float* __restrict buf = st.buf;
+  int64_t* __restrict kept = st.kept;
+  const float* cut = st.cut;
+  const int64_t cap = st.capacity;
+  // Per-unit fill limit: the capacity, except before a unit's first compaction (cut still
+  // -inf, so every value is appended -- with ReLU inputs mostly zeros): then compact as soon
+  // as the buffer holds target + slack/8 values, which raises the cut early.
+  std::vector<int64_t> lim_store(static_cast<size_t>(u1 - u0));
+  int64_t* lim = lim_store.data() - u0;
+  const int64_t early = std::min(cap, st.target + std::max<int64_t>(1, (cap - st.target) / 8));
+  for (int64_t uu = u0; uu < u1; ++uu)
+    lim[uu] = cut[uu] == -std::numeric_limits<float>::infinity() ? early : cap;
+  // Append v to unit uu (v is NaN or above the cut the mask was computed with).
+  auto append = [&](int64_t uu, float v) {
+    if (__builtin_expect(v != v, 0)) { ++st.nan[uu]; return; }
+    int64_t k = kept[uu];
+    if (__builtin_expect(k >= lim[uu], 0)) {
+      lim[uu] = cap;
+      if (k > st.target) {
+        st.compact(uu);
+        if (!(v > cut[uu])) return;
+        k = kept[uu];
+      }
+    }
+    buf[uu * cap + k] = v + 0.0f;
+    kept[uu] = k + 1;
+  };
   for (int64_t g = 0; g < a.G; ++g) {
     const float* row = x + g * a.x_stride[0];
     int64_t u = u0;
@@ -232,19 +261,19 @@ void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, in
       uint64_t hits = 0;
       for (int k = 0; k < 4; ++k)
         hits |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_loadu_ps(row + u + 16 * k),
-                                                          _mm512_loadu_ps(st.cut + u + 16 * k),
+                                                          _mm512_loadu_ps(cut + u + 16 * k),
                                                           _CMP_NLE_UQ)) << (16 * k);
       for (; hits; hits &= hits - 1) {
         const int j = __builtin_ctzll(hits);
-        st.append(u + j, row[u + j]);
+        append(u + j, row[u + j]);
       }
     }
     for (; u + 16 <= u1; u += 16) {
-      uint32_t hits = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + u), _mm512_loadu_ps(st.cut + u),
+      uint32_t hits = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + u), _mm512_loadu_ps(cut + u),
                                          _CMP_NLE_UQ);
       for (; hits; hits &= hits - 1) {
         const int j = __builtin_ctz(hits);
-        st.append(u + j, row[u + j]);
+        append(u + j, row[u + j]);
       }
     }
     for (; u < u1; ++u) st.push(u, row[u]);
