@@ -233,10 +233,11 @@ void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, in
   const int64_t cap = st.capacity;
   // Per-unit fill limit: the capacity, except before a unit's first compaction (cut still
   // -inf, so every value is appended -- with ReLU inputs mostly zeros): then compact as soon
-  // as the buffer holds target + slack/8 values, which raises the cut early.
+  // as the buffer holds target + slack/8 values, which raises the cut early. Only with a
+  // large slack (>= 4096), where the extra compaction is cheap next to the appends it saves.
   std::vector<int64_t> lim_store(static_cast<size_t>(u1 - u0));
   int64_t* lim = lim_store.data() - u0;
-  const int64_t early = std::min(cap, st.target + std::max<int64_t>(1, (cap - st.target) / 8));
+  const int64_t early = cap - st.target >= 4096 ? st.target + (cap - st.target) / 8 : cap;
   for (int64_t uu = u0; uu < u1; ++uu)
     lim[uu] = cut[uu] == -std::numeric_limits<float>::infinity() ? early : cap;
   // Append v to unit uu (v is NaN or above the cut the mask was computed with).
