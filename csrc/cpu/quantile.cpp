@@ -1,11 +1,12 @@
-// CPU exact-tail filter (see quantile.h): one pass, OpenMP over units, a vectorisable
-// "which values are above the cut?" bitmask per block of 16 and a scalar push per set bit.
+// CPU exact-tail filter (see quantile.h): one pass over the input. float32 rows with AVX-512
+// (runtime-detected): a 64-unit "above the cut?" mask per step, scalar appends per set bit,
+// compaction count/keep passes vectorised; otherwise an SSE 16-unit bitmask. One thread walks
+// whole rows; several take unit panels dynamically (no static split to wait on).
 #include "dissect_kernels/quantile.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <cstdlib>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -335,8 +336,7 @@ void run(const QuantileFilterArgs& a) {
 #endif
     // One thread: whole rows. Several: unit panels handed out dynamically, so a thread that
     // the OS deschedules on a shared machine does not hold the others at a static split.
-    const char* pe = std::getenv("DK_QPANEL");
-    const int64_t panel = nt == 1 ? a.U : (pe ? std::atoll(pe) : 64);
+    const int64_t panel = nt == 1 ? a.U : 64;
     const int64_t np = (a.U + panel - 1) / panel;
 #pragma omp parallel for schedule(dynamic, 1) if (np > 1)
     for (int64_t p = 0; p < np; ++p) {
