@@ -73,6 +73,19 @@ def test_exact_cpu_large_buffers():
     np.testing.assert_array_equal(t.quantile(qs).numpy(), oracle(x, qs))
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled dissect_kernels._C")
+def test_exact_cpu_wide_rows_large_buffers():
+    """U = 64 + 16 + 3 (the C++ row scan's 64-unit, 16-unit and scalar paths) with buffers large
+    enough for the sampled-pivot compaction, compactions landing mid-row."""
+    N, U = 60_000, 83
+    x = relu_like((N, U), 31)
+    qs = [0.9, 0.99, 1.0]
+    s = QuantileSketch(U, mode="exact", min_quantile=0.9, expected_count=N, backend="cpu")
+    assert s._capacity_for(N) >= 8192
+    feed(s, x, 31, n_splits=4)
+    np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_matches_numpy_maps(backend):
     """[B, U, H, W]: every position is a sample; non-contiguous input (a permuted view);

@@ -1,11 +1,15 @@
-// CPU exact-tail filter (see quantile.h): one pass, OpenMP over units, a vectorisable
-// "which values are above the cut?" bitmask per block of 16 and a scalar push per set bit.
+// CPU exact-tail filter (see quantile.h): one pass over the input. float32 rows with AVX-512
+// (runtime-detected): a 64-unit "above the cut?" mask per step, scalar appends per set bit,
+// compaction count/keep passes vectorised; otherwise an SSE 16-unit bitmask. One thread walks
+// whole rows; several take unit panels dynamically (no static split to wait on).
 #include "dissect_kernels/quantile.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 #include "dissect_kernels/convert.h"
 
@@ -14,6 +18,11 @@
 #endif
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DK_QUANTILE_AVX512 1
+
 #endif
 
 namespace dissect_kernels {
@@ -67,6 +76,76 @@ inline const float* as_floats(const T* p, float* tmp) {
 template <>
 inline const float* as_floats<float>(const float* p, float*) { return p; }
 
+// Number of b[0..n) that are > c; *equal += the number == c.
+inline int64_t count_above_scalar(const float* b, int64_t n, float c, int64_t* equal) {
+  int64_t above = 0, eq = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    above += b[i] > c;
+    eq += b[i] == c;
+  }
+  *equal += eq;
+  return above;
+}
+// Keep (in order, in place) the b[0..n) that are > c; returns how many.
+inline int64_t keep_above_scalar(float* b, int64_t n, float c) {
+  int64_t w = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = b[i];
+    b[w] = x;
+    w += x > c;
+  }
+  return w;
+}
+
+#ifdef DK_QUANTILE_AVX512
+__attribute__((target("avx512f,popcnt")))
+int64_t count_above_avx512(const float* b, int64_t n, float c, int64_t* equal) {
+  const __m512 cc = _mm512_set1_ps(c);
+  int64_t above = 0, eq = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(b + i);
+    above += __builtin_popcount(_mm512_cmp_ps_mask(v, cc, _CMP_GT_OQ));
+    eq += __builtin_popcount(_mm512_cmp_ps_mask(v, cc, _CMP_EQ_OQ));
+  }
+  *equal += eq;
+  return above + count_above_scalar(b + i, n - i, c, equal);
+}
+// Register compress + full 16-lane store at b + w (w <= i, so it only overwrites values
+// already loaded); the slots past the kept count are left unspecified.
+__attribute__((target("avx512f,popcnt")))
+int64_t keep_above_avx512(float* b, int64_t n, float c) {
+  const __m512 cc = _mm512_set1_ps(c);
+  int64_t w = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(b + i);
+    const __mmask16 m = _mm512_cmp_ps_mask(v, cc, _CMP_GT_OQ);
+    _mm512_storeu_ps(b + w, _mm512_maskz_compress_ps(m, v));
+    w += __builtin_popcount(m);
+  }
+  for (; i < n; ++i) {
+    const float x = b[i];
+    b[w] = x;
+    w += x > c;
+  }
+  return w;
+}
+inline bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt");
+  return ok;
+}
+inline int64_t count_above(const float* b, int64_t n, float c, int64_t* equal) {
+  return has_avx512() ? count_above_avx512(b, n, c, equal) : count_above_scalar(b, n, c, equal);
+}
+inline int64_t keep_above(float* b, int64_t n, float c) {
+  return has_avx512() ? keep_above_avx512(b, n, c) : keep_above_scalar(b, n, c);
+}
+#else
+inline int64_t count_above(const float* b, int64_t n, float c, int64_t* equal) {
+  return count_above_scalar(b, n, c, equal);
+}
+inline int64_t keep_above(float* b, int64_t n, float c) { return keep_above_scalar(b, n, c); }
+#endif
+
 struct State {
   float* buf;
   int64_t capacity, target;
@@ -93,17 +172,20 @@ struct State {
       if (m < kSample) {
         std::nth_element(smp, smp + m, smp + kSample, std::greater<float>());
         const float c = smp[m];
-        int64_t above = 0;
-        for (int64_t i = 0; i < n; ++i) above += b[i] > c;
+        int64_t equal = 0;
+        const int64_t above = count_above(b, n, c, &equal);
         if (above >= target && above <= (target + capacity) / 2) {
-          int64_t w = 0;
-          for (int64_t i = 0; i < n; ++i) {
-            const float x = b[i];
-            b[w] = x;
-            w += x > c;
-          }
           cut[u] = c;
-          kept[u] = w;
+          kept[u] = keep_above(b, n, c);
+          return;
+        }
+        if (above < target && above + equal >= target) {
+          // c is the target-th largest (typically a run of ties such as ReLU zeros): keep
+          // the values > c and target - above copies of c, as nth_element would.
+          const int64_t w = keep_above(b, n, c);
+          std::fill(b + w, b + target, c);
+          cut[u] = c;
+          kept[u] = target;
           return;
         }
       }
@@ -124,7 +206,82 @@ struct State {
     }
     buf[u * capacity + kept[u]++] = v;
   }
+
+  // Append v (known !(v <= cut[u])): NaN counted, -0.0 stored as +0.0 (v + 0.0f), compaction
+  // when full (after which v must beat the new cut).
+  inline void append(int64_t u, float v) {
+    if (v != v) { ++nan[u]; return; }
+    int64_t k = kept[u];
+    if (k == capacity) {
+      compact(u);
+      if (!(v > cut[u])) return;
+      k = kept[u];
+    }
+    buf[u * capacity + k] = v + 0.0f;
+    kept[u] = k + 1;
+  }
 };
+
+#ifdef DK_QUANTILE_AVX512
+// float32 rows, units [u0, u1): a 64-unit mask per step (4 AVX-512 compares) so the loop over
+// passing lanes mispredicts about once per 64 values rather than once per 16.
+__attribute__((target("avx512f")))
+void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
+  const float* x = static_cast<const float*>(a.x);
+  float* __restrict buf = st.buf;
+  int64_t* __restrict kept = st.kept;
+  const float* cut = st.cut;
+  const int64_t cap = st.capacity;
+  // Per-unit fill limit: the capacity, except before a unit's first compaction (cut still
+  // -inf, so every value is appended -- with ReLU inputs mostly zeros): then compact as soon
+  // as the buffer holds target + slack/8 values, which raises the cut early. Only with a
+  // large slack (>= 4096), where the extra compaction is cheap next to the appends it saves.
+  std::vector<int64_t> lim_store(static_cast<size_t>(u1 - u0));
+  int64_t* lim = lim_store.data() - u0;
+  const int64_t early = cap - st.target >= 4096 ? st.target + (cap - st.target) / 8 : cap;
+  for (int64_t uu = u0; uu < u1; ++uu)
+    lim[uu] = cut[uu] == -std::numeric_limits<float>::infinity() ? early : cap;
+  // Append v to unit uu (v is NaN or above the cut the mask was computed with).
+  auto append = [&](int64_t uu, float v) {
+    if (__builtin_expect(v != v, 0)) { ++st.nan[uu]; return; }
+    int64_t k = kept[uu];
+    if (__builtin_expect(k >= lim[uu], 0)) {
+      lim[uu] = cap;
+      if (k > st.target) {
+        st.compact(uu);
+        if (!(v > cut[uu])) return;
+        k = kept[uu];
+      }
+    }
+    buf[uu * cap + k] = v + 0.0f;
+    kept[uu] = k + 1;
+  };
+  for (int64_t g = 0; g < a.G; ++g) {
+    const float* row = x + g * a.x_stride[0];
+    int64_t u = u0;
+    for (; u + 64 <= u1; u += 64) {
+      uint64_t hits = 0;
+      for (int k = 0; k < 4; ++k)
+        hits |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_loadu_ps(row + u + 16 * k),
+                                                          _mm512_loadu_ps(cut + u + 16 * k),
+                                                          _CMP_NLE_UQ)) << (16 * k);
+      for (; hits; hits &= hits - 1) {
+        const int j = __builtin_ctzll(hits);
+        append(u + j, row[u + j]);
+      }
+    }
+    for (; u + 16 <= u1; u += 16) {
+      uint32_t hits = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + u), _mm512_loadu_ps(cut + u),
+                                         _CMP_NLE_UQ);
+      for (; hits; hits &= hits - 1) {
+        const int j = __builtin_ctz(hits);
+        append(u + j, row[u + j]);
+      }
+    }
+    for (; u < u1; ++u) st.push(u, row[u]);
+  }
+}
+#endif
 // (Branch-free appends of whole 16-blocks measured slower: ~6% of values pass at q=0.99.)
 
 // Units [u0, u1) of rows g, units contiguous (S == 1, unit stride 1): a row-major walk, each
@@ -173,18 +330,23 @@ template <typename T>
 void run(const QuantileFilterArgs& a) {
   State st{a.buffer, a.capacity, a.target, a.kept, a.cut, a.nan_count};
   if (a.S == 1 && a.x_stride[1] == 1) {
-#pragma omp parallel
-    {
-      int nt = 1, t = 0;
+    int nt = 1;
 #ifdef _OPENMP
-      nt = omp_get_num_threads();
-      t = omp_get_thread_num();
+    nt = omp_get_max_threads();
 #endif
-      // split units into per-thread ranges aligned to the block size
-      const int64_t blocks = (a.U + kBlock - 1) / kBlock;
-      const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-      const int64_t u0 = std::min(a.U, b0 * kBlock), u1 = std::min(a.U, b1 * kBlock);
-      if (u0 < u1) scan_rows<T>(a, st, u0, u1);
+    // One thread: whole rows. Several: unit panels handed out dynamically, so a thread that
+    // the OS deschedules on a shared machine does not hold the others at a static split.
+    const int64_t panel = nt == 1 ? a.U : 64;
+    const int64_t np = (a.U + panel - 1) / panel;
+#pragma omp parallel for schedule(dynamic, 1) if (np > 1)
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t u0 = p * panel, u1 = std::min(a.U, u0 + panel);
+#ifdef DK_QUANTILE_AVX512
+      if (std::is_same<T, float>::value && has_avx512())
+        scan_rows_f32_avx512(a, st, u0, u1);
+      else
+#endif
+        scan_rows<T>(a, st, u0, u1);
     }
   } else {
 #pragma omp parallel for schedule(static)

@@ -5,8 +5,10 @@
 // multiset) of everything seen so far, every kept value is >= cut[u], every dropped value is
 // <= cut[u]. The filter reads each input value once, appends it when v > cut[u], and when a
 // buffer fills it is re-compacted to at least its `target` largest values, raising the cut
-// (CPU: a sampled pivot c with >= target values above it, keeping exactly the values > c; else
-// nth_element, keeping exactly `target` with the cut at the target-th largest). A value equal
+// (CPU: a sampled pivot c with >= target values above it, keeping exactly the values > c; or,
+// when c is itself the target-th largest (a run of ties), the values > c plus copies of c up
+// to `target`; else nth_element, keeping exactly `target` with the cut at the target-th
+// largest; before a unit's first compaction, with a large slack, the CPU compacts early). A value equal
 // to the cut may be dropped: after the first compaction the buffer holds >= target values
 // >= cut, so the top-m multiset of the stream is unchanged by it (a kept copy of the cut value
 // stands in for it) and the ranks a query within expected_count needs are all kept -- ties
