@@ -109,6 +109,23 @@ bool have_avx512() {
 // AVX-512 version of classify's two loops (same results as the scalar code): partition with
 // register compress (full 16-lane stores only where they stay inside the unit's buffers), then a
 // 16-lane gather binary search for the index of the last v[0, t) <= x.
+// After a search: lane w of block k found entry base[k][w]; count it as a tie (q) when the
+// entry equals the value, else in the gap above the entry (g).
+template <int K>
+__attribute__((target("avx512f,avx512dq,avx512vl")))
+inline void count_found(const float* v, const __m512 (&x)[K], const __m512i (&base)[K],
+                        int32_t (&bi)[K][16], int64_t* g, int64_t* q) {
+  __mmask16 e[K];
+  for (int k = 0; k < K; ++k) {
+    e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
+    _mm512_store_si512(bi[k], base[k]);
+  }
+  for (int k = 0; k < K; ++k)
+    for (int w = 0; w < 16; ++w) {
+      ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
+    }
+}
+
 __attribute__((target("avx512f,avx512dq,avx512vl,popcnt")))
 void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, const float* xs,
                      int64_t n, float* buf, float* pend, int64_t& pn_io, int64_t P, int64_t* g,
@@ -191,15 +208,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
         len[k] = _mm512_sub_epi32(len[k], half);
       }
     }
-    __mmask16 e[K];
-    for (int k = 0; k < K; ++k) {
-      e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
-      _mm512_store_si512(bi[k], base[k]);
-    }
-    for (int k = 0; k < K; ++k)
-      for (int w = 0; w < 16; ++w) {
-        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
-      }
+    count_found<K>(v, x, base, bi, g, q);
   }
   for (; j + 16 * K <= nb; j += 16 * K) {
     __m512 x[K];
@@ -216,15 +225,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
       }
       l -= half;
     }
-    __mmask16 e[K];
-    for (int k = 0; k < K; ++k) {
-      e[k] = _mm512_cmp_ps_mask(_mm512_i32gather_ps(base[k], v, 4), x[k], _CMP_EQ_OQ);
-      _mm512_store_si512(bi[k], base[k]);
-    }
-    for (int k = 0; k < K; ++k)
-      for (int w = 0; w < 16; ++w) {
-        ++(((e[k] >> w) & 1) ? q : g)[bi[k][w]];
-      }
+    count_found<K>(v, x, base, bi, g, q);
   }
   for (; j + 16 <= nb; j += 16) {
     const __m512 x = _mm512_loadu_ps(buf + j);
