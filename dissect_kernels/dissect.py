@@ -312,11 +312,12 @@ class DissectionRun:
         """Pass 2: the fused tally into each layer's IoUTally, plus exemplar masks."""
         labels = batch.labels.to(self.device)
         image_labels = None if batch.image_labels is None else batch.image_labels.to(self.device)
+        stats = self.states[0].tally.batch_stats(labels, image_labels)  # same for every layer
         for s in self.states:
             a = feats[s.name]
             with layer_context(s.name):
                 s.tally.update(a, s.thresholds.to(a.device), labels, image_labels,
-                               geometry=s.geometry, backend=self.backend)
+                               geometry=s.geometry, backend=self.backend, stats=stats)
             self._keep_exemplar_masks(s, a, batch)
 
     def _keep_exemplar_masks(self, s: LayerState, a: torch.Tensor, batch) -> None:

@@ -78,9 +78,10 @@ class IoUTally:
     # ---- accumulation -------------------------------------------------------------------
     def update(self, acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor,
                image_labels: torch.Tensor | None = None, *, geometry: "str | Geometry | None" = None,
-               backend: str = "auto") -> TallyResult:
+               backend: str = "auto", stats: LabelStats | None = None) -> TallyResult:
         """Tally one batch (dk.tally + dk.label_stats with the convention's options) and add
-        its counts. Returns the batch's TallyResult (per-image `active`/`max` for exemplars)."""
+        its counts. Returns the batch's TallyResult (per-image `active`/`max` for exemplars).
+        `stats`: this batch's batch_stats(), when several layers share one batch of labels."""
         conv = self.convention
         if geometry is None:
             if conv.geometry == "receptive-field":
@@ -96,10 +97,15 @@ class IoUTally:
                        image_labels=image_labels, geometry=geometry, per_layer=conv.per_layer,
                        category_of=cat if touched else None,
                        num_categories=self.num_categories if touched else None, backend=backend)
-        stats = label_stats(labels, image_labels, num_concepts=self.num_concepts, category_of=cat,
-                            num_categories=self.num_categories, per_layer=conv.truth_layers)
-        self.update_counts(result, stats)
+        self.update_counts(result, self.batch_stats(labels, image_labels) if stats is None else stats)
         return result
+
+    def batch_stats(self, labels: torch.Tensor, image_labels: torch.Tensor | None = None) -> LabelStats:
+        """dk.label_stats of a batch with this convention's options; it depends only on the
+        labels, so tallies of several layers with the same convention can share it."""
+        return label_stats(labels, image_labels, num_concepts=self.num_concepts,
+                           category_of=self.category_of.to(labels.device),
+                           num_categories=self.num_categories, per_layer=self.convention.truth_layers)
 
     def update_counts(self, result: TallyResult, stats: LabelStats) -> None:
         """Add one batch's tally and label statistics (computed with this convention's options)."""
