@@ -1,6 +1,6 @@
 // CPU exact-tail filter (see quantile.h): one pass over the input. float32 rows with AVX-512
-// (runtime-detected): a 64-unit "above the cut?" mask per step, scalar appends per set bit,
-// compaction count/keep passes vectorised; otherwise an SSE 16-unit bitmask. One thread walks
+// (runtime-detected): 16x16 tiles transposed in registers, branch-free compress-store appends
+// per unit, compaction count/keep passes vectorised; otherwise an SSE 16-unit bitmask. One thread walks
 // whole rows; several take unit panels dynamically (no static split to wait on).
 #include "dissect_kernels/quantile.h"
 
@@ -10,6 +10,7 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+#include <cstdlib>
 
 #include "dissect_kernels/convert.h"
 
@@ -19,10 +20,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#include "dissect_kernels/simd_x86.h"
+#ifdef DK_HAVE_X86_SIMD
 #define DK_QUANTILE_AVX512 1
-
 #endif
 
 namespace dissect_kernels {
@@ -223,40 +223,47 @@ struct State {
 };
 
 #ifdef DK_QUANTILE_AVX512
-// float32 rows, units [u0, u1): a 64-unit mask per step (4 AVX-512 compares) so the loop over
-// passing lanes mispredicts about once per 64 values rather than once per 16.
-__attribute__((target("avx512f")))
-void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
-  const float* x = static_cast<const float*>(a.x);
-  float* __restrict buf = st.buf;
-  int64_t* __restrict kept = st.kept;
-  const float* cut = st.cut;
-  const int64_t cap = st.capacity;
-  // Per-unit fill limit: the capacity, except before a unit's first compaction (cut still
-  // -inf, so every value is appended -- with ReLU inputs mostly zeros): then compact as soon
-  // as the buffer holds target + slack/8 values, which raises the cut early. Only with a
-  // large slack (>= 4096), where the extra compaction is cheap next to the appends it saves.
-  std::vector<int64_t> lim_store(static_cast<size_t>(u1 - u0));
-  int64_t* lim = lim_store.data() - u0;
-  const int64_t early = cap - st.target >= 4096 ? st.target + (cap - st.target) / 8 : cap;
-  for (int64_t uu = u0; uu < u1; ++uu)
-    lim[uu] = cut[uu] == -std::numeric_limits<float>::infinity() ? early : cap;
-  // Append v to unit uu (v is NaN or above the cut the mask was computed with).
-  auto append = [&](int64_t uu, float v) {
+// Appends for float32 units [u0, u1) with a per-unit fill limit: the capacity, except before a
+// unit's first compaction (cut still -inf, so every value is appended -- with ReLU inputs mostly
+// zeros): then compact as soon as the buffer holds target + slack/8 values, which raises the cut
+// early. Only with a large slack (>= 4096), where the extra compaction is cheap next to the
+// appends it saves.
+struct LimitedAppender {
+  State& st;
+  std::vector<int64_t> lim_store;
+  int64_t* lim;
+  LimitedAppender(State& s, int64_t u0, int64_t u1) : st(s), lim_store(static_cast<size_t>(u1 - u0)) {
+    lim = lim_store.data() - u0;
+    const int64_t cap = st.capacity;
+    const int64_t early = cap - st.target >= 4096 ? st.target + (cap - st.target) / 8 : cap;
+    for (int64_t uu = u0; uu < u1; ++uu)
+      lim[uu] = st.cut[uu] == -std::numeric_limits<float>::infinity() ? early : cap;
+  }
+  // Append v to unit uu (v is NaN or above the cut it was compared with).
+  inline void append(int64_t uu, float v) {
     if (__builtin_expect(v != v, 0)) { ++st.nan[uu]; return; }
-    int64_t k = kept[uu];
+    int64_t k = st.kept[uu];
     if (__builtin_expect(k >= lim[uu], 0)) {
-      lim[uu] = cap;
+      lim[uu] = st.capacity;
       if (k > st.target) {
         st.compact(uu);
-        if (!(v > cut[uu])) return;
-        k = kept[uu];
+        if (!(v > st.cut[uu])) return;
+        k = st.kept[uu];
       }
     }
-    buf[uu * cap + k] = v + 0.0f;
-    kept[uu] = k + 1;
-  };
-  for (int64_t g = 0; g < a.G; ++g) {
+    st.buf[uu * st.capacity + k] = v + 0.0f;
+    st.kept[uu] = k + 1;
+  }
+};
+
+// float32 rows [g0, g1), units [u0, u1), row-major: a 64-unit mask per step (4 AVX-512
+// compares) so the loop over passing lanes mispredicts about once per 64 values.
+__attribute__((target("avx512f")))
+void scan_rows_f32_avx512(const QuantileFilterArgs& a, LimitedAppender& ap, int64_t u0, int64_t u1,
+                          int64_t g0, int64_t g1) {
+  const float* x = static_cast<const float*>(a.x);
+  const float* cut = ap.st.cut;
+  for (int64_t g = g0; g < g1; ++g) {
     const float* row = x + g * a.x_stride[0];
     int64_t u = u0;
     for (; u + 64 <= u1; u += 64) {
@@ -267,7 +274,7 @@ void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, in
                                                           _CMP_NLE_UQ)) << (16 * k);
       for (; hits; hits &= hits - 1) {
         const int j = __builtin_ctzll(hits);
-        append(u + j, row[u + j]);
+        ap.append(u + j, row[u + j]);
       }
     }
     for (; u + 16 <= u1; u += 16) {
@@ -275,11 +282,52 @@ void scan_rows_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, in
                                          _CMP_NLE_UQ);
       for (; hits; hits &= hits - 1) {
         const int j = __builtin_ctz(hits);
-        append(u + j, row[u + j]);
+        ap.append(u + j, row[u + j]);
       }
     }
-    for (; u < u1; ++u) st.push(u, row[u]);
+    for (; u < u1; ++u) ap.st.push(u, row[u]);
   }
+}
+
+// float32 rows, units [u0, u1), in tiles of 16 rows x 16 units transposed in registers, so each
+// register holds 16 consecutive values of one unit: the values above its cut are appended with
+// one register compress and a full 16-lane store (branch-free; slots past `kept` are scratch).
+// Per unit the appends keep row order, so the buffers match the row-major walk's up to when
+// compactions happen. A unit within 16 slots of its limit, or a block with a NaN, goes lane by
+// lane (re-checking the cut after a compaction). Rows past the last full tile: row-major walk.
+__attribute__((target("avx512f,popcnt")))
+void scan_tiles_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
+  LimitedAppender ap(st, u0, u1);
+  const float* x = static_cast<const float*>(a.x);
+  const int64_t ld = a.x_stride[0], cap = st.capacity;
+  const int64_t ue = u0 + (u1 - u0) / 16 * 16, ge = a.G / 16 * 16;
+  for (int64_t g = 0; g < ge; g += 16) {
+    const float* tile = x + g * ld;
+    for (int64_t u = u0; u < ue; u += 16) {
+      __m512 v[16];
+      if (g + 16 < ge)  // the next tile's rows into L2: 16 strided streams defeat the hardware prefetcher
+        for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(tile + (16 + r) * ld + u), _MM_HINT_T1);
+      load_transposed16(tile + u, ld, v);
+      for (int q = 0; q < 16; ++q) {
+        const int64_t uu = u + q;
+        const __mmask16 m = _mm512_cmp_ps_mask(v[q], _mm512_set1_ps(st.cut[uu]), _CMP_NLE_UQ);
+        const int64_t k = st.kept[uu];
+        if (__builtin_expect(k + 16 > ap.lim[uu] || _mm512_cmp_ps_mask(v[q], v[q], _CMP_UNORD_Q), 0)) {
+          alignas(64) float lane[16];
+          _mm512_store_ps(lane, v[q]);
+          for (int r = 0; r < 16; ++r)
+            if (!(lane[r] <= st.cut[uu])) ap.append(uu, lane[r]);
+          continue;
+        }
+        _mm512_storeu_ps(st.buf + uu * cap + k,
+                         _mm512_maskz_compress_ps(m, _mm512_add_ps(v[q], _mm512_setzero_ps())));
+        st.kept[uu] = k + __builtin_popcount(m);
+      }
+    }
+    for (int64_t r = g; r < g + 16; ++r)
+      for (int64_t uu = ue; uu < u1; ++uu) ap.st.push(uu, x[r * ld + uu]);
+  }
+  scan_rows_f32_avx512(a, ap, u0, u1, ge, a.G);
 }
 #endif
 // (Branch-free appends of whole 16-blocks measured slower: ~6% of values pass at q=0.99.)
@@ -342,8 +390,10 @@ void run(const QuantileFilterArgs& a) {
     for (int64_t p = 0; p < np; ++p) {
       const int64_t u0 = p * panel, u1 = std::min(a.U, u0 + panel);
 #ifdef DK_QUANTILE_AVX512
-      if (std::is_same<T, float>::value && has_avx512())
-        scan_rows_f32_avx512(a, st, u0, u1);
+      if (std::is_same<T, float>::value && has_avx512()) {
+        if (getenv("DK_Q_ROWS")) { LimitedAppender ap(st, u0, u1); scan_rows_f32_avx512(a, ap, u0, u1, 0, a.G); }
+        else scan_tiles_f32_avx512(a, st, u0, u1);
+      }
       else
 #endif
         scan_rows<T>(a, st, u0, u1);

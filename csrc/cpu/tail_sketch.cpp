@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#include "dissect_kernels/simd_x86.h"
+#ifdef DK_HAVE_X86_SIMD
 #define DK_TS_X86 1
 #endif
 #include <limits>
@@ -258,28 +258,8 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
 // 16x16 float transpose: dst[q * ds + r] = src[r * ss + q] for r, q < 16.
 __attribute__((target("avx512f")))
 inline void transpose16_avx512(const float* src, int64_t ss, float* dst, int64_t ds) {
-  __m512 a[16], b[16];
-  for (int i = 0; i < 16; ++i) a[i] = _mm512_loadu_ps(src + i * ss);
-  for (int i = 0; i < 16; i += 2) {
-    b[i] = _mm512_unpacklo_ps(a[i], a[i + 1]);
-    b[i + 1] = _mm512_unpackhi_ps(a[i], a[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    a[i] = _mm512_shuffle_ps(b[i], b[i + 2], 0x44);
-    a[i + 1] = _mm512_shuffle_ps(b[i], b[i + 2], 0xEE);
-    a[i + 2] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0x44);
-    a[i + 3] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 16; i += 8) {
-    for (int k = 0; k < 4; ++k) {
-      b[i + k] = _mm512_shuffle_f32x4(a[i + k], a[i + 4 + k], 0x88);
-      b[i + 4 + k] = _mm512_shuffle_f32x4(a[i + k], a[i + 4 + k], 0xDD);
-    }
-  }
-  for (int k = 0; k < 8; ++k) {
-    a[k] = _mm512_shuffle_f32x4(b[k], b[8 + k], 0x88);
-    a[8 + k] = _mm512_shuffle_f32x4(b[k], b[8 + k], 0xDD);
-  }
+  __m512 a[16];
+  load_transposed16(src, ss, a);
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ds, a[i]);
 }
 #endif
