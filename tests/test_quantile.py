@@ -86,6 +86,39 @@ def test_exact_cpu_wide_rows_large_buffers():
     np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled dissect_kernels._C")
+@pytest.mark.parametrize("slack,seed", [(40, 41), (5000, 42)])
+def test_exact_cpu_tiles_strided_rows(slack, seed):
+    """The C++ 16-row x 16-unit tile scan on rows that are a strided view (row stride != U),
+    with the first rows all above the cut (transpose path), later ones mostly below (gather
+    path), compactions landing inside tiles (small slack) or the early compaction (large),
+    and a row count that leaves a partial tile."""
+    N, U = 16 * 301 + 7, 35
+    wide = relu_like((N, 2 * U + 3), seed)
+    x = wide[:, 5:5 + U] if seed == 41 else wide[:, 3:3 + U].contiguous()  # row stride 2U+3 or U
+    assert x.stride(1) == 1
+    s = QuantileSketch(U, mode="exact", min_quantile=0.98, expected_count=N, backend="cpu", slack=slack)
+    s._ensure_state(x.device)
+    poison_like(s._state.buffer)
+    feed(s, x, seed, n_splits=6)
+    qs = [0.98, 0.99, 0.999, 1.0]
+    np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the compiled dissect_kernels._C")
+@pytest.mark.parametrize("row", [0, 40, 999])
+def test_nan_inside_a_tile_is_counted(row):
+    """A NaN in a full 16-row tile (before and after the unit's first compaction) or in the
+    partial last rows is counted, never stored, and the update raises."""
+    x = relu_like((1000, 40), 5)
+    x[row, 33] = float("nan")
+    s = QuantileSketch(40, mode="exact", expected_count=1000, backend="cpu", slack=30)
+    with pytest.raises(ValueError, match="NaN"):
+        s.update(x)
+    assert s._state.nan_count.tolist() == [0] * 33 + [1] + [0] * 6
+    assert not bool(torch.isnan(s._state.buffer[33, :int(s._state.kept[33])]).any())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_matches_numpy_maps(backend):
     """[B, U, H, W]: every position is a sample; non-contiguous input (a permuted view);

@@ -1,6 +1,7 @@
 // CPU exact-tail filter (see quantile.h): one pass over the input. float32 rows with AVX-512
-// (runtime-detected): 16x16 tiles transposed in registers, branch-free compress-store appends
-// per unit, compaction count/keep passes vectorised; otherwise an SSE 16-unit bitmask. One thread walks
+// (runtime-detected): 16-row x 16-unit tiles, each unit with a value above its cut appended as a
+// column (register compress + one store), compaction count/keep passes vectorised; otherwise an
+// SSE 16-unit bitmask. One thread walks
 // whole rows; several take unit panels dynamically (no static split to wait on).
 #include "dissect_kernels/quantile.h"
 
@@ -10,7 +11,6 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
-#include <cstdlib>
 
 #include "dissect_kernels/convert.h"
 
@@ -289,52 +289,76 @@ void scan_rows_f32_avx512(const QuantileFilterArgs& a, LimitedAppender& ap, int6
   }
 }
 
-// float32 rows, units [u0, u1), in tiles of 16 rows x 16 units transposed in registers, so each
-// register holds 16 consecutive values of one unit: the values above its cut are appended with
-// one register compress and a full 16-lane store (branch-free; slots past `kept` are scratch).
-// Per unit the appends keep row order, so the buffers match the row-major walk's up to when
-// compactions happen. A unit within 16 slots of its limit, or a block with a NaN, goes lane by
-// lane (re-checking the cut after a compaction). Rows past the last full tile: row-major walk.
+// Append the values of column `col` (16 consecutive rows of unit uu) above its cut: one register
+// compress and a full 16-lane store (slots past `kept` are scratch). A unit within 16 slots of
+// its limit, or a column with a NaN, goes lane by lane (re-checking the cut after a compaction).
+__attribute__((target("avx512f,popcnt"), always_inline))
+inline void append_column(LimitedAppender& ap, int64_t uu, __m512 col) {
+  State& st = ap.st;
+  const __mmask16 m = _mm512_cmp_ps_mask(col, _mm512_set1_ps(st.cut[uu]), _CMP_NLE_UQ);
+  const int64_t k = st.kept[uu];
+  if (__builtin_expect(k + 16 > ap.lim[uu] || _mm512_cmp_ps_mask(col, col, _CMP_UNORD_Q), 0)) {
+    alignas(64) float lane[16];
+    _mm512_store_ps(lane, col);
+    for (int r = 0; r < 16; ++r)
+      if (!(lane[r] <= st.cut[uu])) ap.append(uu, lane[r]);
+    return;
+  }
+  _mm512_storeu_ps(st.buf + uu * st.capacity + k,
+                   _mm512_maskz_compress_ps(m, _mm512_add_ps(col, _mm512_setzero_ps())));
+  st.kept[uu] = k + __builtin_popcount(m);
+}
+
+// float32 rows, units [u0, u1), in tiles of 16 rows x 16 units. The 16 row vectors are compared
+// with the 16 cuts (row-major, cheap); only units with a value above their cut are visited, each
+// as a column of its 16 consecutive values (appended in row order, so the buffers match the
+// row-major walk's up to when compactions happen): gathered from the tile when few units hit
+// (a high cut), from an in-register transpose when many do. Rows past the last full tile, and
+// the last units when U is not a multiple of 16: row-major walk.
 __attribute__((target("avx512f,popcnt")))
 void scan_tiles_f32_avx512(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
   LimitedAppender ap(st, u0, u1);
   const float* x = static_cast<const float*>(a.x);
-  const int64_t ld = a.x_stride[0], cap = st.capacity;
-  const int64_t ue = u0 + (u1 - u0) / 16 * 16, ge = a.G / 16 * 16;
+  const int64_t ld = a.x_stride[0];
+  const int64_t ue = u0 + (u1 - u0) / 16 * 16;
+  const int64_t ge = ld < (int64_t{1} << 26) ? a.G / 16 * 16 : 0;  // gather offsets are int32
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int32_t>(ld)));
   for (int64_t g = 0; g < ge; g += 16) {
     const float* tile = x + g * ld;
     for (int64_t u = u0; u < ue; u += 16) {
-      __m512 v[16];
       if (g + 16 < ge)  // the next tile's rows into L2: 16 strided streams defeat the hardware prefetcher
         for (int r = 0; r < 16; ++r) _mm_prefetch(reinterpret_cast<const char*>(tile + (16 + r) * ld + u), _MM_HINT_T1);
-      load_transposed16(tile + u, ld, v);
-      for (int q = 0; q < 16; ++q) {
-        const int64_t uu = u + q;
-        const __mmask16 m = _mm512_cmp_ps_mask(v[q], _mm512_set1_ps(st.cut[uu]), _CMP_NLE_UQ);
-        const int64_t k = st.kept[uu];
-        if (__builtin_expect(k + 16 > ap.lim[uu] || _mm512_cmp_ps_mask(v[q], v[q], _CMP_UNORD_Q), 0)) {
-          alignas(64) float lane[16];
-          _mm512_store_ps(lane, v[q]);
-          for (int r = 0; r < 16; ++r)
-            if (!(lane[r] <= st.cut[uu])) ap.append(uu, lane[r]);
-          continue;
+      __m512 v[16];
+      const __m512 cv = _mm512_loadu_ps(st.cut + u);
+      uint32_t hit = 0;
+      for (int r = 0; r < 16; ++r) {
+        v[r] = _mm512_loadu_ps(tile + r * ld + u);
+        hit |= _mm512_cmp_ps_mask(v[r], cv, _CMP_NLE_UQ);
+      }
+      if (!hit) continue;
+      if (__builtin_popcount(hit) > 4) {
+        transpose16_regs(v);
+        for (; hit; hit &= hit - 1) {
+          const int q = __builtin_ctz(hit);
+          append_column(ap, u + q, v[q]);
         }
-        _mm512_storeu_ps(st.buf + uu * cap + k,
-                         _mm512_maskz_compress_ps(m, _mm512_add_ps(v[q], _mm512_setzero_ps())));
-        st.kept[uu] = k + __builtin_popcount(m);
+      } else {
+        for (; hit; hit &= hit - 1) {
+          const int q = __builtin_ctz(hit);
+          append_column(ap, u + q, _mm512_i32gather_ps(rows, tile + u + q, 4));
+        }
       }
     }
     for (int64_t r = g; r < g + 16; ++r)
-      for (int64_t uu = ue; uu < u1; ++uu) ap.st.push(uu, x[r * ld + uu]);
+      for (int64_t uu = ue; uu < u1; ++uu) st.push(uu, x[r * ld + uu]);
   }
   scan_rows_f32_avx512(a, ap, u0, u1, ge, a.G);
 }
 #endif
-// (Branch-free appends of whole 16-blocks measured slower: ~6% of values pass at q=0.99.)
 
 // Units [u0, u1) of rows g, units contiguous (S == 1, unit stride 1): a row-major walk, each
-// block of 16 units compared with its 16 cuts at once. (Tiling the walk into unit panels, to
-// keep appends within fewer buffers, measured slower: the scan is the bandwidth-bound part.)
+// block of 16 units compared with its 16 cuts at once (the portable path; float16/bfloat16).
 template <typename T>
 void scan_rows(const QuantileFilterArgs& a, State& st, int64_t u0, int64_t u1) {
   const T* x = static_cast<const T*>(a.x);
@@ -390,10 +414,8 @@ void run(const QuantileFilterArgs& a) {
     for (int64_t p = 0; p < np; ++p) {
       const int64_t u0 = p * panel, u1 = std::min(a.U, u0 + panel);
 #ifdef DK_QUANTILE_AVX512
-      if (std::is_same<T, float>::value && has_avx512()) {
-        if (getenv("DK_Q_ROWS")) { LimitedAppender ap(st, u0, u1); scan_rows_f32_avx512(a, ap, u0, u1, 0, a.G); }
-        else scan_tiles_f32_avx512(a, st, u0, u1);
-      }
+      if (std::is_same<T, float>::value && has_avx512())
+        scan_tiles_f32_avx512(a, st, u0, u1);
       else
 #endif
         scan_rows<T>(a, st, u0, u1);
