@@ -1,7 +1,7 @@
 """TailSketch benchmarks (script mode; not run in CI): rank error + throughput at N = 1e8 values
 per unit, and update throughput on [2M, 512] float32 against the references' KLL (R = 6144).
 
-    PYTHONPATH=. python benchmarks/bench_tail_sketch.py full   # 1e8 x 4 units, streamed
+    PYTHONPATH=. python benchmarks/bench_tail_sketch.py full [N U chunk tail_only]  # 1e8 x 4 units
     PYTHONPATH=. python benchmarks/bench_tail_sketch.py wide [rows units kll_rows]
 
 Floor: the update reads each value once (4 B); at ~10 GB/s that is ~2.5 G values/s, far above
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dissect_kernels.reference.quantile import KLLSketch
+from dissect_kernels.stats.quantile import QuantileSketch
 from dissect_kernels.stats.tail_sketch import TailSketch
 
 QS = [0.9, 0.99, 0.995, 0.999]
@@ -40,9 +41,10 @@ def rank_error(sorted_u: np.ndarray, v: float, q: float) -> float:
     return max(0.0, lt - q * N, q * N - le) / N
 
 
-def full(N=100_000_000, U=4, chunk=1_000_000):
-    """1e8 values per unit streamed in chunks; the exact answer from the concatenated data."""
-    sk = TailSketch(U)
+def full(N=100_000_000, U=4, chunk=1_000_000, tail_only=0):
+    """1e8 values per unit streamed in chunks; the exact answer from the concatenated data.
+    tail_only=1: the TailSketch that QuantileSketch(mode="sketch", min_quantile=0.99) builds."""
+    sk = TailSketch(U, min_quantile=0.99 if tail_only else 0.0)
     kll = KLLSketch(U, resolution=6144)
     keep = np.empty((U, N), dtype=np.float32)
     wall = cpu = 0.0
@@ -65,25 +67,34 @@ def full(N=100_000_000, U=4, chunk=1_000_000):
 
 
 def wide(rows=2_000_000, U=512, kll_rows=2_000_000, batch=16384):
-    """Update throughput on [rows, U] streamed in batches (generation not timed), sketch vs the
-    netdissect-style KLL reference (reference/quantile.py, R=6144) on the same batches (the KLL
-    on the first kll_rows rows)."""
-    sk = TailSketch(U)
+    """Update throughput on [rows, U] streamed in batches (generation not timed), in one run:
+    TailSketch with bulk entries (min_quantile=0, what GAN dissection's low levels need),
+    QuantileSketch(mode="sketch") with its default min_quantile=0.99 (tail-only TailSketch), and
+    the netdissect-style KLL reference (reference/quantile.py, R=6144) on the first kll_rows rows."""
     np_kll = KLLSketch(U, resolution=6144)
-    kll = type("K", (), {"add": staticmethod(lambda x: np_kll.add(x.numpy()))})
-    ts = [0.0, 0.0, 0.0, 0.0]  # sketch wall, cpu, kll wall, cpu
+    runs = {"TailSketch(min_quantile=0)": TailSketch(U),
+            'QuantileSketch(mode="sketch") (min_quantile=0.99: tail-only)': QuantileSketch(U, mode="sketch"),
+            "KLL R=6144": type("K", (), {"update": staticmethod(lambda x: np_kll.add(x.numpy()))})}
+    ts = {name: [0.0, 0.0] for name in runs}  # wall, cpu
     for i in range(0, rows, batch):
         x = gen(min(batch, rows - i), U, seed=i)
-        w, c = timed(lambda: sk.update(x))
-        ts[0] += w; ts[1] += c
-        if i < kll_rows:
-            w, c = timed(lambda: kll.add(x))
-            ts[2] += w; ts[3] += c
+        for name, sk in runs.items():
+            if name.startswith("KLL") and i >= kll_rows:
+                continue
+            w, c = timed(lambda: sk.update(x))
+            ts[name][0] += w
+            ts[name][1] += c
     kr = min(rows, kll_rows)
-    print(f"[{rows}, {U}] sketch: {rows * U / ts[0] / 1e6:.1f} M/s wall, {rows * U / ts[1] / 1e6:.1f} M/s per CPU-s; "
-          f"sizes max {int(sk.st['size'].max())}, coarsen max {int(sk.st['coarsen'].max())}")
-    print(f"[{kr}, {U}] KLL R=6144: {kr * U / ts[2] / 1e6:.1f} M/s wall, {kr * U / ts[3] / 1e6:.1f} M/s per CPU-s")
-    print(f"throughput ratio sketch/KLL: wall {(rows / ts[0]) / (kr / ts[2]):.1f}x, CPU {(rows / ts[1]) / (kr / ts[3]):.1f}x")
+    rate = {name: ((kr if name.startswith("KLL") else rows) * U / w, (kr if name.startswith("KLL") else rows) * U / c)
+            for name, (w, c) in ts.items()}
+    kw, kc = rate["KLL R=6144"]
+    for name, (w, c) in rate.items():
+        print(f"[{rows if not name.startswith('KLL') else kr}, {U}] {name}: {w / 1e6:.1f} M/s wall, "
+              f"{c / 1e6:.1f} M/s per CPU-s; vs KLL: wall {w / kw:.1f}x, CPU {c / kc:.1f}x")
+    for name, sk in runs.items():
+        st = getattr(getattr(sk, "_sketch", sk), "st", None)
+        if st is not None:
+            print(f"  {name}: summary sizes max {int(st['size'].max())}, coarsen max {int(st['coarsen'].max())}")
 
 
 if __name__ == "__main__":

@@ -289,6 +289,10 @@ def test_sketch_mode_delegates_to_tail_sketch():
     assert torch.isfinite(est).all()
     auto = QuantileSketch(6)            # no expected_count -> sketch
     assert auto.mode == "sketch"
+    bad = x[:10].clone()
+    bad[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        s.update(bad)
 
 
 def test_kll_reference_rank_error():
@@ -334,8 +338,8 @@ class _FakeTailSketch:
     with its documented interface, storing every value: lets the delegation plumbing of
     mode="sketch" be tested before the real module is merged."""
 
-    def __init__(self, num_units, *, device=None, seed=0):
-        self.num_units, self.device, self.seed = num_units, device, seed
+    def __init__(self, num_units, *, device=None, seed=0, min_quantile=0.0):
+        self.num_units, self.device, self.seed, self.min_quantile = num_units, device, seed, min_quantile
         self.data = torch.empty(0, num_units)
         self.calls = []
 
@@ -345,6 +349,8 @@ class _FakeTailSketch:
 
     def update(self, x):
         assert x.dtype == torch.float32 and x.dim() == 2 and x.is_contiguous()
+        if bool(torch.isnan(x).any()):
+            raise ValueError("x contains NaN values")        # as TailSketch.update does
         self.calls.append(tuple(x.shape))
         self.data = torch.cat([self.data, x])
 
@@ -384,8 +390,8 @@ def test_sketch_mode_plumbing_with_a_stand_in(fake_tail_sketch, tmp_path):
     (here a stand-in that is exact, so the answers are checkable)."""
     B, U, H, W = 4, 6, 5, 7
     x = relu_like((B, U, H, W), 31)
-    s = QuantileSketch(U)                                     # no expected_count -> sketch
-    assert s.mode == "sketch"
+    s = QuantileSketch(U, min_quantile=0.5)                   # no expected_count -> sketch
+    assert s.mode == "sketch" and s._make_sketch().min_quantile == 0.5
     assert QuantileSketch(U, expected_count=10**9, max_bytes=2**20).mode == "sketch"  # over budget
     x = torch.cat([x[:2], x[2:].half().float()])          # what the sketch is fed
     s.update(x[:2])
@@ -398,7 +404,11 @@ def test_sketch_mode_plumbing_with_a_stand_in(fake_tail_sketch, tmp_path):
     np.testing.assert_array_equal(s.cdf(pts).numpy(), exact_cdf(flat, pts[:, None].numpy())[:, 0])
     assert s.rank_error_bound().shape == (U,)
     save_file(s.state_dict(), str(tmp_path / "s.safetensors"))
-    t = QuantileSketch(U, mode="sketch")
+    high = QuantileSketch(U, mode="sketch")                   # default min_quantile 0.99
+    high.update(x[:1])
+    with pytest.raises(ValueError, match="below min_quantile"):
+        high.quantile(0.5)
+    t = QuantileSketch(U, mode="sketch", min_quantile=0.5)
     t.load_state_dict(load_file(str(tmp_path / "s.safetensors")))
     assert t.count == s.count
     t.merge(s)
@@ -408,4 +418,4 @@ def test_sketch_mode_plumbing_with_a_stand_in(fake_tail_sketch, tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         t.update(bad)
     with pytest.raises(ValueError, match="cannot merge"):
-        t.merge(QuantileSketch(U, mode="exact", expected_count=10))
+        t.merge(QuantileSketch(U, mode="exact", expected_count=10, min_quantile=0.5))

@@ -326,3 +326,46 @@ def test_portable_and_vectorised_cpu_paths_identical(tmp_path):
     assert fast.keys() == portable.keys()
     for k in fast:
         assert torch.equal(fast[k], portable[k]), k
+
+
+def test_tail_only_bound_holds_meets_targets_and_keeps_no_bulk(big):
+    """min_quantile >= 1 - 2^-6 (k_l = 0): the summary keeps no entries between the minimum and tau
+    (every value below tau is only counted); the tail bounds meet the same scaled targets as the
+    full sketch, and below the tail the bound is large but still holds."""
+    x, xs, full = big
+    sk = TailSketch(3, backend="cpu", min_quantile=0.99)
+    assert sk.cfg["k_l"] == 0 and TailSketch(3, min_quantile=0.97).cfg["k_l"] == 12
+    feed(sk, x, [65536, 100_000, 3136])
+    st, ref = sk._flushed(), full._flushed()
+    assert (st["tidx"] == 1).all() and (ref["tidx"] > 300).all()    # [v0, tau) is the first gap
+    assert (st["size"] < ref["size"] - 300).all(), (st["size"], ref["size"])  # no bulk entries
+    bound = sk.rank_error_bound(QS)
+    obs = observed_rank_error(xs, sk.quantile(QS), QS)
+    assert (obs <= bound + 1e-12).all(), (obs, bound)
+    for j, q in enumerate(QS):
+        if q in TAIL_QS:
+            assert (bound[:, j] / (1 - q) <= 2e-3).all(), (q, bound[:, j])
+    assert (bound[:, QS.index(0.5)] > 0.1).all()       # the bulk is not located, and says so
+
+
+def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
+    x = relu_lognormal(60_000, 5, seed=13)
+    x[:, 1] = -x[:, 1]
+    x[:, 2] = torch.round(x[:, 2] * 4) / 4
+    a = TailSketch(5, capacity=2048, backend="cpu", min_quantile=0.995)
+    b = TailSketch(5, capacity=2048, backend="torch", min_quantile=0.995)
+    feed(a, x, [5000, 777, 20000])
+    feed(b, x, [5000, 777, 20000])
+    sa, sb = comparable_state(a), comparable_state(b)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    xs = x.t().contiguous().sort(1).values
+    obs = observed_rank_error(xs, a.quantile(QS), QS)
+    assert (obs <= a.rank_error_bound(QS) + 1e-12).all()
+    assert a.cfg["tail_shift"] == 7                     # the top 1/128 covers q >= 0.995
+    with pytest.raises(ValueError, match="tail_shift"):
+        a.merge(TailSketch(5, capacity=2048))
+    with pytest.raises(ValueError, match="k_l"):           # same tail_shift, one tail-only
+        TailSketch(5, capacity=2048, min_quantile=0.98).merge(TailSketch(5, capacity=2048))
+    with pytest.raises(ValueError, match="min_quantile"):
+        TailSketch(5, min_quantile=1.5)

@@ -272,6 +272,7 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<un
   int64_t* g = s.gap + u * M;
   int64_t* q = s.eq + u * M;
   int64_t n = s.size[u];
+  const int64_t old_size = n;
   const int64_t m = s.pend_n[u];
   if (s.counted[u] == 0 && m == 0) return;
   // 1. counts -> exact position shifts; ties get a run-end entry (position + eq)
@@ -323,9 +324,11 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<un
   std::copy(sc.v.begin(), sc.v.begin() + kk, v);
   std::copy(sc.lo.begin(), sc.lo.begin() + kk, lo);
   std::copy(sc.hi.begin(), sc.hi.begin() + kk, hi);
-  std::fill(v + kk, v + M, std::numeric_limits<float>::infinity());
-  std::fill(lo + kk, lo + M, int64_t{0});
-  std::fill(hi + kk, hi + M, int64_t{0});
+  // entries past the old size already hold the padding (+inf, 0): refill only the vacated ones
+  const int64_t stale = std::max(kk, old_size);
+  std::fill(v + kk, v + stale, std::numeric_limits<float>::infinity());
+  std::fill(lo + kk, lo + stale, int64_t{0});
+  std::fill(hi + kk, hi + stale, int64_t{0});
   s.size[u] = kk;
   s.total[u] = N;
   s.pend_n[u] = 0;

@@ -43,7 +43,9 @@ class QuantileSketch:
     value loses exactness as soon as more than expected_count values arrive. The state is
     refused (naming mode="sketch") when it exceeds `max_bytes`.
     mode="sketch": TailSketch (dissect_kernels.stats.tail_sketch), any count, bounded memory,
-    rank error reported by rank_error_bound(). mode="auto": exact when expected_count is given
+    rank error reported by rank_error_bound(); q >= min_quantile as in exact mode. With
+    min_quantile >= 1 - 2^-6 (the default 0.99) the TailSketch is tail-only: values below its top
+    1/32 are counted, not located, ~6x faster. mode="auto": exact when expected_count is given
     and fits max_bytes, else sketch.
     NaN in the input is an error: on CPU update() raises at once; on the GPU (to avoid a host
     sync per batch) the NaNs are counted on the device and the next quantile()/cdf()/merge()/
@@ -109,7 +111,7 @@ class QuantileSketch:
 
     def _make_sketch(self):
         from dissect_kernels.stats.tail_sketch import TailSketch   # lazy: separate module
-        return TailSketch(self.num_units, device=self.device, seed=self.seed)
+        return TailSketch(self.num_units, device=self.device, seed=self.seed, min_quantile=self.min_quantile)
 
     def _ensure_state(self, device) -> None:
         if self._state is None:
@@ -135,8 +137,7 @@ class QuantileSketch:
             if self._sketch is None:
                 self._sketch = self._make_sketch()
             flat = x if x.dim() == 2 else x.permute(0, 2, 3, 1).reshape(-1, self.num_units)
-            _checks.not_nan("x", flat)          # (a host sync; the sketch path is not the hot one)
-            self._sketch.update(flat.float().contiguous())
+            self._sketch.update(flat.float().contiguous())  # raises on NaN (one amax pass)
             return
         self._ensure_state(x.device)
         self._count += n
@@ -174,13 +175,13 @@ class QuantileSketch:
         equal to numpy.quantile(values.astype(float64), q, method="linear"), q >= min_quantile."""
         qs, scalar = self._q_list(q)
         self._check_ready()
+        for v in qs:
+            if v < self.min_quantile:
+                raise ValueError(f'q={v} is below min_quantile={self.min_quantile}: mode="{self.mode}" only '
+                                 'keeps the upper tail (build the sketch with a lower min_quantile)')
         if self.mode == "sketch":
             out = self._sketch.quantile(torch.tensor(qs, dtype=torch.float64, device=self.device))
             return out[:, 0] if scalar else out
-        for v in qs:
-            if v < self.min_quantile:
-                raise ValueError(f'q={v} is below min_quantile={self.min_quantile}: mode="exact" only '
-                                 'keeps the upper tail (build the sketch with a lower min_quantile)')
         st, n = self._state, self._count
         plan = []
         for v in qs:

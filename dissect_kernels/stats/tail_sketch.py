@@ -26,6 +26,13 @@ Space: ~2^(k_t+1) exact top entries, ~2^(k_t+1) ln(N / 2^(k_t+5)) tail entries (
   <= ~2^(k_l+1) bulk entries; a unit that would exceed C/2 entries lowers its k's by one
   ("coarsen"; the reported bound reflects it). Stored values <= C per unit; bookkeeping per
   summary entry: rmin, rmax, gap and tie counts (int64), i.e. ~1.3 MB per unit at C = 65536.
+Tail-only (min_quantile >= 1 - 2^-5.5 ~ 0.978, e.g. QuantileSketch's default 0.99): k_l = 0, so
+  below the tail region the prune allows any span (G = N) and keeps no entries between the minimum
+  and tau, and the tail region shrinks to the top N / 2^tail_shift values that still cover
+  min_quantile with a sqrt(2) margin (tail_shift 6 at 0.99: the top 1/64). Every value below tau then
+  lands in the first gap and is only counted (no search), and fewer values wait pending; the tail
+  bounds keep the same form, and quantiles below the tail get the large bounds they deserve
+  (rank_error_bound reports them).
 Merge combines two summaries with GK's rule (bounds add; relative error is preserved).
 The CPU core (C++/OpenMP) and the batched torch path (any device; one scalar host sync per
 block of C/16 rows and per prune round of a flush) reach identical states. `seed` is accepted for
@@ -44,6 +51,18 @@ from dissect_kernels.stats import _tail_torch
 
 _STATE = ("values", "rmin", "rmax", "gap", "eq", "size", "total", "counted", "pend", "pend_n", "tidx", "coarsen")
 _CONFIG = ("num_units", "capacity", "k_t", "k_l", "tail_shift", "block_rows", "seed")
+MAX_TAIL_SHIFT = 10
+
+
+def tail_shift_for(min_quantile: float) -> int:
+    """The largest tail_shift (tail region: the top N / 2^tail_shift values) that still holds
+    quantiles >= min_quantile with a margin of sqrt(2); 5 (the top 1/32) at least, 10 at most."""
+    if min_quantile >= 1.0:
+        return MAX_TAIL_SHIFT
+    return int(min(MAX_TAIL_SHIFT, max(5, math.floor(math.log2(1.0 / (1.0 - min_quantile)) - 0.5))))
+
+
+TAIL_ONLY_FROM = 1 - 2.0 ** -5.5   # min_quantile (~0.978) from which the bulk is only counted
 
 
 class TailSketch:
@@ -54,15 +73,20 @@ class TailSketch:
     """
 
     def __init__(self, num_units: int, *, device=None, seed: int = 0, capacity: int = 65536,
-                 backend: str = "auto"):
+                 backend: str = "auto", min_quantile: float = 0.0):
         if not isinstance(num_units, int) or num_units < 1:
             raise ValueError(f"num_units must be a positive int, got {num_units!r}")
+        if not 0.0 <= float(min_quantile) <= 1.0:
+            raise ValueError(f"min_quantile must lie in [0, 1], got {min_quantile!r}")
         if not isinstance(capacity, int) or capacity < 2 ** 10 or capacity > 2 ** 24 or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two in [1024, 2^24], got {capacity!r}")
         if backend not in ("auto", "cpu", "torch"):
             raise ValueError(f"backend must be 'auto', 'cpu' or 'torch', got {backend!r}")
         c = int(math.log2(capacity))
-        self.cfg = dict(num_units=num_units, capacity=capacity, k_t=c - 7, k_l=c - 4, tail_shift=5,
+        self.min_quantile = float(min_quantile)
+        tail_only = self.min_quantile >= TAIL_ONLY_FROM
+        self.cfg = dict(num_units=num_units, capacity=capacity, k_t=c - 7, k_l=0 if tail_only else c - 4,
+                        tail_shift=tail_shift_for(self.min_quantile) if tail_only else 5,
                         block_rows=capacity // 16, seed=int(seed))
         self.backend = backend
         self._device = None if device is None else torch.device(device)
@@ -142,7 +166,7 @@ class TailSketch:
     def _check_compatible(self, other: "TailSketch") -> None:
         if not isinstance(other, TailSketch):
             raise TypeError(f"can only merge another TailSketch, got {type(other).__name__}")
-        for key in ("num_units", "capacity", "tail_shift"):
+        for key in ("num_units", "capacity", "tail_shift", "k_l"):
             if self.cfg[key] != other.cfg[key]:
                 raise ValueError(f"cannot merge sketches with different {key}: {self.cfg[key]} vs {other.cfg[key]}")
         if other.count and self.count and other.device != self.device:
