@@ -349,11 +349,19 @@ def test_tail_only_bound_holds_meets_targets_and_keeps_no_bulk(big):
 
 
 def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
-    x = relu_lognormal(60_000, 5, seed=13)
-    x[:, 1] = -x[:, 1]
-    x[:, 2] = torch.round(x[:, 2] * 4) / 4
-    a = TailSketch(5, capacity=2048, backend="cpu", min_quantile=0.995)
-    b = TailSketch(5, capacity=2048, backend="torch", min_quantile=0.995)
+    """21 units (the C++ searchless 16-unit tile path plus the slab path for the last 5), rows a
+    strided view, ties, negatives, a constant unit, NaN-free infinities, batch sizes not multiples
+    of 16; then the merge rules."""
+    U = 21
+    wide = relu_lognormal(60_000, U + 3, seed=13)
+    wide[:, 1] = -wide[:, 1]
+    wide[:, 2] = torch.round(wide[:, 2] * 4) / 4
+    wide[:, 4] = 0.5
+    wide[::97, 6] = float("inf")
+    wide[5000:5100, 7] = -1.0                              # new minima after the first flushes
+    x = wide[:, 1:1 + U]                                   # row stride U + 3
+    a = TailSketch(U, capacity=2048, backend="cpu", min_quantile=0.995)
+    b = TailSketch(U, capacity=2048, backend="torch", min_quantile=0.995)
     feed(a, x, [5000, 777, 20000])
     feed(b, x, [5000, 777, 20000])
     sa, sb = comparable_state(a), comparable_state(b)
@@ -364,8 +372,8 @@ def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
     assert (obs <= a.rank_error_bound(QS) + 1e-12).all()
     assert a.cfg["tail_shift"] == 7                     # the top 1/128 covers q >= 0.995
     with pytest.raises(ValueError, match="tail_shift"):
-        a.merge(TailSketch(5, capacity=2048))
+        a.merge(TailSketch(U, capacity=2048))
     with pytest.raises(ValueError, match="k_l"):           # same tail_shift, one tail-only
-        TailSketch(5, capacity=2048, min_quantile=0.98).merge(TailSketch(5, capacity=2048))
+        TailSketch(U, capacity=2048, min_quantile=0.98).merge(TailSketch(U, capacity=2048))
     with pytest.raises(ValueError, match="min_quantile"):
         TailSketch(5, min_quantile=1.5)

@@ -418,6 +418,105 @@ void classify(const TailSketchState& s, int64_t u, const float* xs, int64_t n, f
   s.counted[u] += n0 + nb;
 }
 
+#ifdef DK_TS_X86
+// True when every entry of [0, tidx) of unit u equals v[0] (tail-only summaries, or any summary
+// without bulk entries yet): then classify needs no search -- a value is counted in the first gap
+// (or as a tie with v[0]) when v[0] <= x < tau, and goes pending otherwise.
+inline bool searchless(const TailSketchState& s, int64_t u) {
+  const int64_t t = s.tidx[u];
+  const float* v = s.values + u * s.M;
+  return t >= 1 && s.size[u] > 0 && t < (int64_t{1} << 30) && v[t - 1] == v[0];
+}
+
+// Values of column `col` (16 consecutive rows of one unit) outside [v0, tau) go pending, in row
+// order (register compress + one 16-lane store while it stays inside the unit's buffer).
+__attribute__((target("avx512f,popcnt"), always_inline))
+inline void pend_column(float* pend, int64_t& pn, int64_t P, __m512 col, __m512 v0, __m512 tau) {
+  const __mmask16 in = _mm512_cmp_ps_mask(col, v0, _CMP_GE_OQ) & _mm512_cmp_ps_mask(col, tau, _CMP_LT_OQ);
+  const __mmask16 pm = static_cast<__mmask16>(~in);
+  if (pn + 16 <= P) {
+    _mm512_storeu_ps(pend + pn, _mm512_maskz_compress_ps(pm, col));
+    pn += __builtin_popcount(pm);
+    return;
+  }
+  alignas(64) float lane[16];
+  _mm512_store_ps(lane, col);
+  for (int r = 0; r < 16; ++r)
+    if ((pm >> r) & 1) pend[pn++] = lane[r];
+}
+
+// classify() for 16 searchless units [u0, u0 + 16) over `rows` rows read in place (row r of unit
+// u0 + k at x[r * ld + k]), without the slab: per 16-row tile the row vectors are compared with the
+// 16 units' [v0, tau) (per-lane counts of in-range values and of ties with v0), and only units with
+// a value outside it are visited, as a column (gathered when few, transposed when many). Same
+// counts and the same pending order as classify, so the same state.
+__attribute__((target("avx512f,popcnt")))
+void classify_tiles_searchless(const TailSketchState& s, int64_t u0, const float* x, int64_t ld, int64_t rows) {
+  alignas(64) float v0s[16], taus[16];
+  int64_t z[16], pn[16];
+  for (int k = 0; k < 16; ++k) {
+    const float* v = s.values + (u0 + k) * s.M;
+    v0s[k] = v[0];
+    taus[k] = v[s.tidx[u0 + k]];
+    z[k] = s.tidx[u0 + k] - 1;  // the last entry equal to v[0] within [0, tidx)
+    pn[k] = s.pend_n[u0 + k];
+  }
+  const __m512 V0 = _mm512_load_ps(v0s), TAU = _mm512_load_ps(taus);
+  const __m512i ONE = _mm512_set1_epi32(1);
+  const __m512i offs = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int32_t>(ld)));
+  __m512i n0 = _mm512_setzero_si512(), ne = _mm512_setzero_si512();
+  const int64_t re = ld < (int64_t{1} << 26) ? rows / 16 * 16 : 0;  // gather offsets are int32
+  for (int64_t r = 0; r < re; r += 16) {
+    const float* tile = x + r * ld;
+    if (r + 16 < re)
+      for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(tile + (16 + i) * ld), _MM_HINT_T1);
+    __m512 v[16];
+    uint32_t out = 0;
+    for (int i = 0; i < 16; ++i) {
+      v[i] = _mm512_loadu_ps(tile + i * ld);
+      const __mmask16 in = _mm512_cmp_ps_mask(v[i], V0, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v[i], TAU, _CMP_LT_OQ);
+      n0 = _mm512_mask_add_epi32(n0, in, n0, ONE);
+      ne = _mm512_mask_add_epi32(ne, in & _mm512_cmp_ps_mask(v[i], V0, _CMP_EQ_OQ), ne, ONE);
+      out |= static_cast<uint16_t>(~in);
+    }
+    if (!out) continue;
+    if (__builtin_popcount(out) > 4) {
+      transpose16_regs(v);
+      for (; out; out &= out - 1) {
+        const int k = __builtin_ctz(out);
+        pend_column(s.pend + (u0 + k) * s.P, pn[k], s.P, v[k], _mm512_set1_ps(v0s[k]), _mm512_set1_ps(taus[k]));
+      }
+    } else {
+      for (; out; out &= out - 1) {
+        const int k = __builtin_ctz(out);
+        pend_column(s.pend + (u0 + k) * s.P, pn[k], s.P, _mm512_i32gather_ps(offs, tile + k, 4),
+                    _mm512_set1_ps(v0s[k]), _mm512_set1_ps(taus[k]));
+      }
+    }
+  }
+  alignas(64) int32_t c0[16], ce[16];
+  _mm512_store_si512(c0, n0);
+  _mm512_store_si512(ce, ne);
+  for (int k = 0; k < 16; ++k) {
+    const int64_t u = u0 + k;
+    int64_t in = c0[k], eq = ce[k];
+    float* pend = s.pend + u * s.P;
+    for (int64_t r = re; r < rows; ++r) {  // the rows past the last full tile
+      const float xv = x[r * ld + k];
+      const bool c = (xv >= v0s[k]) & (xv < taus[k]);
+      in += c;
+      eq += c & (xv == v0s[k]);
+      if (!c) pend[pn[k]++] = xv;
+    }
+    s.gap[u * s.M + z[k]] += in - eq;
+    s.eq[u * s.M + z[k]] += eq;
+    s.counted[u] += in;
+    s.pend_n[u] = pn[k];
+  }
+}
+#endif
+
 }  // namespace
 
 void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N, int64_t ld) {
@@ -451,6 +550,14 @@ void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N,
           const int64_t ce = std::min(nu, c + kGroup);
           int64_t r = 0;
 #ifdef DK_TS_X86
+          if (ce - c == 16 && have_avx512()) {
+            bool direct = true;
+            for (int64_t k = 0; k < 16 && direct; ++k) direct = searchless(s, ua + c + k);
+            if (direct) {
+              classify_tiles_searchless(s, ua + c, x + r0 * ld + ua + c, ld, rows);
+              continue;
+            }
+          }
           if (ce - c == 16 && have_avx512())
             for (; r + 16 <= rows; r += 16) transpose16_avx512(x + (r0 + r) * ld + ua + c, ld, slab.get() + r, RS);
 #endif
