@@ -128,11 +128,17 @@ def test_cpu_and_torch_paths_identical():
 
 
 def test_small_capacity_coarsens_and_bound_still_holds():
-    x = relu_lognormal(400_000, 2, seed=4)
+    """A stream (lognormal, seed 0: checked to overflow capacity 1024) whose summary must coarsen;
+    the torch path coarsens identically."""
+    x = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(0)).exp()
     sk = TailSketch(2, capacity=1024, backend="cpu")
-    feed(sk, x, [50_000])
+    feed(sk, x, [20_000])
     assert int(sk.st["size"].max()) <= 512
     assert int(sk.st["coarsen"].max()) >= 1  # the over-capacity path ran
+    tb = TailSketch(2, capacity=1024, backend="torch")
+    feed(tb, x, [20_000])
+    sa, sb = comparable_state(sk), comparable_state(tb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
     xs = x.t().contiguous().sort(1).values
     obs = observed_rank_error(xs, sk.quantile(QS), QS)
     assert (obs <= sk.rank_error_bound(QS) + 1e-12).all()
@@ -337,7 +343,7 @@ def test_tail_only_bound_holds_meets_targets_and_keeps_no_bulk(big):
     assert sk.cfg["k_l"] == 0 and TailSketch(3, min_quantile=0.97).cfg["k_l"] == 12
     feed(sk, x, [65536, 100_000, 3136])
     st, ref = sk._flushed(), full._flushed()
-    assert (st["tidx"] == 1).all() and (ref["tidx"] > 300).all()    # [v0, tau) is the first gap
+    assert (st["tidx"] == 1).all() and (ref["tidx"] > 200).all()    # [v0, tau) is the first gap
     assert (st["size"] < ref["size"] - 300).all(), (st["size"], ref["size"])  # no bulk entries
     bound = sk.rank_error_bound(QS)
     obs = observed_rank_error(xs, sk.quantile(QS), QS)
@@ -345,7 +351,7 @@ def test_tail_only_bound_holds_meets_targets_and_keeps_no_bulk(big):
     for j, q in enumerate(QS):
         if q in TAIL_QS:
             assert (bound[:, j] / (1 - q) <= 2e-3).all(), (q, bound[:, j])
-    assert (bound[:, QS.index(0.5)] > 0.1).all()       # the bulk is not located, and says so
+    assert (bound[:, QS.index(0.9)] > 0.02).all(), bound  # the bulk is not located, and says so
 
 
 def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():

@@ -138,13 +138,13 @@ def flush(st, idx, cfg):
 
 def update(st, x, cfg):
     """Add x [R, U] float32 in blocks of block_rows rows (a unit is flushed first when its pending
-    buffer could overflow within the block)."""
+    buffer could overflow within the block, or when it has no bulk region yet and holds a block)."""
     P = st["pend"].shape[1]
     B = cfg["block_rows"]
     for r0 in range(0, x.shape[0], B):
         xt = x[r0:r0 + B].t().contiguous()
         rows = xt.shape[1]
-        need = st["pend_n"] > P - rows
+        need = (st["pend_n"] > P - rows) | ((st["tidx"] < 1) & (st["pend_n"] >= B))
         if bool(need.any()):
             flush(st, need.nonzero().squeeze(1), cfg)
         t = st["tidx"]
