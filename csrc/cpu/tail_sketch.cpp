@@ -1,8 +1,10 @@
 // tail_sketch CPU core: gap counting + pending buffer per unit, flush = merge + prune
 // (rules in tail_sketch.h). OpenMP across groups of units; each unit is processed by one thread.
 // On CPUs with AVX-512 (checked at run time; DK_TAIL_SKETCH_SCALAR=1 forces the portable code) the
-// 16x16 transpose, the partition and the bulk search are vectorised; every path finds the same gap
-// index (last summary entry <= x), so the state is identical to the portable code's and the torch path's.
+// 16x16 transpose, the partition and the bulk search are vectorised, and groups of 16 units whose
+// summaries have no entries between the minimum and tau (tail-only) are classified in place, tile by
+// tile, without the slab; every path finds the same gap index (last summary entry <= x) and keeps
+// the same pending order, so the state is identical to the portable code's and the torch path's.
 #include "dissect_kernels/tail_sketch.h"
 
 #include <algorithm>

@@ -14,7 +14,8 @@
 //   G = s >> (k_t - c)                      if s <= T   (relative: the top tail)
 //   G = max(T >> (k_t - c), N >> (k_l - c)) otherwise   (absolute: the bulk)
 // until two consecutive rounds drop nothing (at most 64 rounds); c ("coarsen") grows by one
-// and the prune repeats while more than M entries remain. The torch implementation
+// and the prune repeats while more than M entries remain. k_l = 0 (tail-only: G = N below the
+// tail) leaves no entries between the minimum and tau, so no value needs a gap search. The torch implementation
 // (dissect_kernels/stats/_tail_torch.py) follows exactly the same rules and gives the same state.
 #pragma once
 #include <cstdint>
