@@ -383,3 +383,5 @@ def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
         TailSketch(U, capacity=2048, min_quantile=0.98).merge(TailSketch(U, capacity=2048))
     with pytest.raises(ValueError, match="min_quantile"):
         TailSketch(5, min_quantile=1.5)
+    with pytest.raises(ValueError, match="k_l=0 but this sketch has 7.*min_quantile"):
+        TailSketch(U, capacity=2048).load_state_dict(a.state_dict())

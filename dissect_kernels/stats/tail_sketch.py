@@ -286,7 +286,9 @@ class TailSketch:
         cfg = dict(zip(_CONFIG, (int(v) for v in state["config"].tolist())))
         for key in ("num_units", "capacity", "k_t", "k_l", "tail_shift", "block_rows"):
             if cfg[key] != self.cfg[key]:
-                raise ValueError(f"state_dict has {key}={cfg[key]} but this sketch has {self.cfg[key]}")
+                why = " (min_quantile sets k_l and tail_shift: build this sketch with the writer's min_quantile)" \
+                    if key in ("k_l", "tail_shift") else ""
+                raise ValueError(f"state_dict has {key}={cfg[key]} but this sketch has {self.cfg[key]}{why}")
         ref = self._empty("meta")
         for k in _STATE:
             if tuple(state[k].shape) != tuple(ref[k].shape) or state[k].dtype != ref[k].dtype:
