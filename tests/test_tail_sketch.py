@@ -46,6 +46,21 @@ def comparable_state(sk):
     return st
 
 
+def agree_across_backends(x, sizes, **kwargs):
+    """Feed x to the C++ core and to the torch path with the same split; assert identical states
+    and observed rank errors within the reported bounds. Returns the C++ sketch."""
+    a, b = (TailSketch(x.shape[1], backend=be, **kwargs) for be in ("cpu", "torch"))
+    feed(a, x, sizes)
+    feed(b, x, sizes)
+    sa, sb = comparable_state(a), comparable_state(b)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    xs = x.t().contiguous().sort(1).values
+    for sk in (a, b):
+        assert (observed_rank_error(xs, sk.quantile(QS), QS) <= sk.rank_error_bound(QS) + 1e-12).all()
+    return a
+
+
 @pytest.fixture(scope="module")
 def big():
     """3 units x 2M values (2 continuous ReLU-lognormal units with a scale shift, 1 discrete)."""
@@ -115,33 +130,16 @@ def test_cpu_and_torch_paths_identical():
     x[:, 1] = -x[:, 1]
     x[:, 2] = torch.round(x[:, 2] * 4) / 4
     x[:, 3] = torch.arange(60_000).float().flip(0)  # strictly decreasing input
-    a, b = TailSketch(5, capacity=2048, backend="cpu"), TailSketch(5, capacity=2048, backend="torch")
-    feed(a, x, [5000, 777, 20000])
-    feed(b, x, [5000, 777, 20000])
-    sa, sb = comparable_state(a), comparable_state(b)
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    xs = x.t().contiguous().sort(1).values
-    for sk in (a, b):
-        obs = observed_rank_error(xs, sk.quantile(QS), QS)
-        assert (obs <= sk.rank_error_bound(QS) + 1e-12).all()
+    agree_across_backends(x, [5000, 777, 20000], capacity=2048)
 
 
 def test_small_capacity_coarsens_and_bound_still_holds():
     """A stream (lognormal, seed 0: checked to overflow capacity 1024) whose summary must coarsen;
     the torch path coarsens identically."""
     x = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(0)).exp()
-    sk = TailSketch(2, capacity=1024, backend="cpu")
-    feed(sk, x, [20_000])
+    sk = agree_across_backends(x, [20_000], capacity=1024)
     assert int(sk.st["size"].max()) <= 512
     assert int(sk.st["coarsen"].max()) >= 1  # the over-capacity path ran
-    tb = TailSketch(2, capacity=1024, backend="torch")
-    feed(tb, x, [20_000])
-    sa, sb = comparable_state(sk), comparable_state(tb)
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    xs = x.t().contiguous().sort(1).values
-    obs = observed_rank_error(xs, sk.quantile(QS), QS)
-    assert (obs <= sk.rank_error_bound(QS) + 1e-12).all()
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
@@ -366,16 +364,7 @@ def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
     wide[::97, 6] = float("inf")
     wide[5000:5100, 7] = -1.0                              # new minima after the first flushes
     x = wide[:, 1:1 + U]                                   # row stride U + 3
-    a = TailSketch(U, capacity=2048, backend="cpu", min_quantile=0.995)
-    b = TailSketch(U, capacity=2048, backend="torch", min_quantile=0.995)
-    feed(a, x, [5000, 777, 20000])
-    feed(b, x, [5000, 777, 20000])
-    sa, sb = comparable_state(a), comparable_state(b)
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    xs = x.t().contiguous().sort(1).values
-    obs = observed_rank_error(xs, a.quantile(QS), QS)
-    assert (obs <= a.rank_error_bound(QS) + 1e-12).all()
+    a = agree_across_backends(x, [5000, 777, 20000], capacity=2048, min_quantile=0.995)
     assert a.cfg["tail_shift"] == 7                     # the top 1/128 covers q >= 0.995
     with pytest.raises(ValueError, match="tail_shift"):
         a.merge(TailSketch(U, capacity=2048))
