@@ -338,6 +338,9 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<un
   for (int64_t e = 0; e < kk; ++e) {
     if (N - hi[e] >= T) t = e; else break;
   }
+  if (t < 1 || v[t] == v[0])  // no such entry above the minimum: the first one above it is tau
+    for (int64_t e = 1; e < kk; ++e)
+      if (v[e] > v[0]) { t = e; break; }
   s.tidx[u] = t;
 }
 
@@ -544,10 +547,8 @@ void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N,
       std::unique_ptr<float[]> slab(new float[kGroup * RS]), buf(new float[R + 16]);
       for (int64_t r0 = 0; r0 < N; r0 += s.block_rows) {
         const int64_t rows = std::min(s.block_rows, N - r0);
-        // flush a unit whose pending buffer could overflow within the block, or one that has no
-        // bulk region yet (tidx < 1: every value waits) once it holds block_rows values
         for (int64_t u = ua; u < ub; ++u)
-          if (s.P - s.pend_n[u] < rows || (s.tidx[u] < 1 && s.pend_n[u] >= s.block_rows)) flush_unit(s, u, sc, drop);
+          if (s.P - s.pend_n[u] < rows) flush_unit(s, u, sc, drop);
         // one group of 16 units at a time: its slab (16 x rows) stays in L2 between the
         // transpose and the classification
         for (int64_t c = 0; c < nu; c += kGroup) {

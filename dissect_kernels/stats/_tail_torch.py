@@ -77,7 +77,13 @@ def _finish(st, idx, V, LO, HI, sz, N, c, cfg):
     st["pend_n"][idx] = 0
     T = torch.bitwise_right_shift(N, cfg["tail_shift"])
     ok = ((N[:, None] - HI) >= T[:, None]) & valid
-    st["tidx"][idx] = ok.long().cumprod(1).sum(1) - 1
+    t = ok.long().cumprod(1).sum(1) - 1
+    # no such entry above the minimum: the first one above it is tau
+    above = (V > V[:, :1]) & valid
+    above[:, 0] = False
+    first = torch.where(above.any(1), above.long().argmax(1), t)
+    at_min = V.gather(1, t.clamp(min=0)[:, None])[:, 0] == V[:, 0]
+    st["tidx"][idx] = torch.where((t < 1) | at_min, first, t)
 
 
 def flush(st, idx, cfg):
@@ -138,13 +144,13 @@ def flush(st, idx, cfg):
 
 def update(st, x, cfg):
     """Add x [R, U] float32 in blocks of block_rows rows (a unit is flushed first when its pending
-    buffer could overflow within the block, or when it has no bulk region yet and holds a block)."""
+    buffer could overflow within the block)."""
     P = st["pend"].shape[1]
     B = cfg["block_rows"]
     for r0 in range(0, x.shape[0], B):
         xt = x[r0:r0 + B].t().contiguous()
         rows = xt.shape[1]
-        need = (st["pend_n"] > P - rows) | ((st["tidx"] < 1) & (st["pend_n"] >= B))
+        need = st["pend_n"] > P - rows
         if bool(need.any()):
             flush(st, need.nonzero().squeeze(1), cfg)
         t = st["tidx"]

@@ -3,8 +3,9 @@
 // Per unit the state is a sorted summary of M entries (value, rmin, rmax): rmin <= the
 // entry's position in one sorted order of all N values seen <= rmax (positions 1..N).
 // Values >= tau (the summary value about N/2^tail_shift from the top) or below the minimum
-// go to a pending buffer of P values (flushed before a block of block_rows rows could overflow it,
-// or, while the unit has no bulk region yet, as soon as it holds block_rows values); every other value x only increments the count of the
+// go to a pending buffer of P values (flushed before a block of block_rows rows could overflow it);
+// when no entry above the minimum has N/2^tail_shift values above it, tau is the first entry above
+// the minimum (so a tau that drifted into the tail stays: nothing lands in the gap below it); every other value x only increments the count of the
 // summary gap (v_g, v_{g+1}) holding it, or of ties with v_g (exact bookkeeping; the gap widens
 // instead of a value being stored). A flush applies the counts (prefix sums; ties with v_g are
 // ordered right after it and get a run-end entry (v_g, rmin+eq, rmax+eq)), sorts the pending values,
