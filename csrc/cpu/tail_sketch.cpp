@@ -42,32 +42,25 @@ inline int64_t allowed_gap(int64_t rmax_c, int64_t N, int64_t T, int64_t kt, int
   return std::max(T >> kt, N >> kl);
 }
 
-// Prune rounds on (v, lo, hi)[0, n) in place; returns the new size.
+// Prune rounds on (v, lo, hi)[0, n) in place; returns the new size. A round decides and compacts
+// in one pass: entry i's neighbours i - 1 and i + 1 are of the other parity (never dropped in this
+// round), and every read of index i or i + 1 happens before the write to position k <= i.
 int64_t prune_rounds(float* v, int64_t* lo, int64_t* hi, int64_t n, int64_t N, int64_t T,
-                     int64_t kt, int64_t kl, std::vector<unsigned char>& drop) {
+                     int64_t kt, int64_t kl) {
   int quiet = 0;
-  drop.resize(std::max<int64_t>(n, 1));
   for (int r = 0; r < kMaxRounds && quiet < 2; ++r) {
-    const int64_t parity = (r & 1) ? 0 : 1;  // round 0 tries odd indices
-    int64_t removed = 0;
-    for (int64_t i = 0; i < n; ++i) drop[i] = 0;
-    for (int64_t i = (parity == 1 ? 1 : 2); i + 1 < n; i += 2) {
-      if (hi[i + 1] - lo[i - 1] <= allowed_gap(hi[i + 1], N, T, kt, kl)) {
-        drop[i] = 1;
-        ++removed;
-      }
+    const int64_t first = (r & 1) ? 2 : 1;  // round 0 tries odd indices
+    int64_t k = 0, prev_lo = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t cur_lo = lo[i];
+      const bool drop = i >= first && ((i - first) & 1) == 0 && i + 1 < n &&
+                        hi[i + 1] - prev_lo <= allowed_gap(hi[i + 1], N, T, kt, kl);
+      prev_lo = cur_lo;
+      if (drop) continue;
+      v[k] = v[i]; lo[k] = cur_lo; hi[k] = hi[i]; ++k;
     }
-    if (removed) {
-      int64_t k = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        if (drop[i]) continue;
-        v[k] = v[i]; lo[k] = lo[i]; hi[k] = hi[i]; ++k;
-      }
-      n = k;
-      quiet = 0;
-    } else {
-      ++quiet;
-    }
+    quiet = k < n ? 0 : quiet + 1;
+    n = k;
   }
   return n;
 }
@@ -266,7 +259,7 @@ inline void transpose16_avx512(const float* src, int64_t ss, float* dst, int64_t
 }
 #endif
 
-void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<unsigned char>& drop) {
+void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc) {
   const int64_t M = s.M, P = s.P;
   float* v = s.values + u * M;
   int64_t* lo = s.rmin + u * M;
@@ -317,7 +310,7 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc, std::vector<un
   int64_t kk = k;
   for (;;) {
     kk = prune_rounds(sc.v.data(), sc.lo.data(), sc.hi.data(), kk, N, T,
-                      std::max<int64_t>(s.k_t - c, 0), std::max<int64_t>(s.k_l - c, 0), drop);
+                      std::max<int64_t>(s.k_t - c, 0), std::max<int64_t>(s.k_l - c, 0));
     if (kk <= M) break;
     ++c;
   }
@@ -540,7 +533,6 @@ void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N,
     const int64_t ua = std::min(s.U, g0 * kGroup), ub = std::min(s.U, g1 * kGroup), nu = ub - ua;
     if (nu > 0) {
       Scratch sc;
-      std::vector<unsigned char> drop;
       const int64_t R = std::min(s.block_rows, N);
       const int64_t RS = R + 16;  // padded slab row stride: a power-of-two stride would make the
       // transpose's 16 column writes fall into one L1 set (4K aliasing)
@@ -548,7 +540,7 @@ void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N,
       for (int64_t r0 = 0; r0 < N; r0 += s.block_rows) {
         const int64_t rows = std::min(s.block_rows, N - r0);
         for (int64_t u = ua; u < ub; ++u)
-          if (s.P - s.pend_n[u] < rows) flush_unit(s, u, sc, drop);
+          if (s.P - s.pend_n[u] < rows) flush_unit(s, u, sc);
         // one group of 16 units at a time: its slab (16 x rows) stays in L2 between the
         // transpose and the classification
         for (int64_t c = 0; c < nu; c += kGroup) {
@@ -581,9 +573,8 @@ void tail_sketch_flush_cpu(const TailSketchState& s) {
 #pragma omp parallel
   {
     Scratch sc;
-    std::vector<unsigned char> drop;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t u = 0; u < s.U; ++u) flush_unit(s, u, sc, drop);
+    for (int64_t u = 0; u < s.U; ++u) flush_unit(s, u, sc);
   }
 }
 
