@@ -382,3 +382,19 @@ def test_tail_only_cpu_and_torch_identical_and_not_mergeable_with_full():
         TailSketch(5, min_quantile=1.5)
     with pytest.raises(ValueError, match="k_l=0 but this sketch has 7.*min_quantile"):
         TailSketch(U, capacity=2048).load_state_dict(a.state_dict())
+
+
+def test_tail_only_with_an_unrepresentative_start_reports_its_loss():
+    """The first 40k values are all high (plus the minimum): tau is placed near their top, and the
+    0.99 quantile of the whole stream ends up below it, inside the counted gap. The sketch cannot
+    locate it and its bound says so (never a silent wrong answer). A descending stream is fine:
+    every value is a new minimum and waits pending."""
+    g = torch.Generator().manual_seed(3)
+    head = 0.9 + 0.1 * torch.rand(40_000, 2, generator=g)
+    head[0] = 0.0
+    x = torch.cat([head, torch.rand(400_000, 2, generator=g)])
+    sk = agree_across_backends(x, [40_000], capacity=4096, min_quantile=0.99)
+    assert (sk.rank_error_bound(0.99) > 1e-3).all()
+    down = agree_across_backends(torch.arange(200_000, 0, -1).float()[:, None].repeat(1, 2), [40_000],
+                                 capacity=4096, min_quantile=0.99)
+    assert (down.rank_error_bound(0.99) < 1e-3).all()

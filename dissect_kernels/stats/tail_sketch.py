@@ -32,7 +32,9 @@ Tail-only (min_quantile >= 1 - 2^-5.5 ~ 0.978, e.g. QuantileSketch's default 0.9
   min_quantile with a sqrt(2) margin (tail_shift 6 at 0.99: the top 1/64). Every value below tau then
   lands in the first gap and is only counted (no search), and fewer values wait pending; the tail
   bounds keep the same form, and quantiles below the tail get the large bounds they deserve
-  (rank_error_bound reports them).
+  (rank_error_bound reports them). tau is placed at the first flush (P values) and afterwards only
+  moves up, so the accuracy at min_quantile assumes the stream's first P values are representative
+  (a shuffled dataset; a stream that starts with only its largest values gets large bounds instead).
 Merge combines two summaries with GK's rule (bounds add; relative error is preserved).
 The CPU core (C++/OpenMP) and the batched torch path (any device; one scalar host sync per
 block of C/16 rows and per prune round of a flush) reach identical states. `seed` is accepted for
