@@ -270,6 +270,9 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc) {
   const int64_t old_size = n;
   const int64_t m = s.pend_n[u];
   if (s.counted[u] == 0 && m == 0) return;
+  // tail-only (k_l == 0): tau never moves down, or values would land in the counted gap below it
+  const int64_t t_old = s.tidx[u];
+  const float tau_floor = (s.k_l == 0 && t_old >= 1 && t_old < n) ? v[t_old] : -std::numeric_limits<float>::infinity();
   // 1. counts -> exact position shifts; ties get a run-end entry (position + eq)
   sc.reserve(2 * n + m);
   int64_t shift = 0, k = 0;
@@ -334,6 +337,9 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc) {
   if (t < 1 || v[t] == v[0])  // no such entry above the minimum: the first one above it is tau
     for (int64_t e = 1; e < kk; ++e)
       if (v[e] > v[0]) { t = e; break; }
+  if (t >= 0 && v[t] < tau_floor)  // (the largest value is >= tau_floor: one is found)
+    for (int64_t e = 0; e < kk; ++e)
+      if (v[e] >= tau_floor) { t = e; break; }
   s.tidx[u] = t;
 }
 

@@ -64,8 +64,17 @@ def prune(V, LO, HI, sz, N, coarsen, cfg, M):
     return V, LO, HI, sz, c
 
 
-def _finish(st, idx, V, LO, HI, sz, N, c, cfg):
-    """Write pruned summaries of units idx back into the state (padding +inf / 0) and set tau."""
+def _tau_floor(st, idx, cfg):
+    """Tail-only (k_l == 0): the current tau per unit (tau never moves down), else -inf."""
+    t = st["tidx"][idx]
+    tau = st["values"][idx].gather(1, t.clamp(min=0)[:, None])[:, 0]
+    keep = (t >= 1) & (t < st["size"][idx]) & (cfg["k_l"] == 0)
+    return torch.where(keep, tau, torch.full_like(tau, -INF))
+
+
+def _finish(st, idx, V, LO, HI, sz, N, c, cfg, tau_floor):
+    """Write pruned summaries of units idx back into the state (padding +inf / 0) and set tau
+    (at least tau_floor)."""
     M = st["values"].shape[1]
     V, LO, HI = V[:, :M], LO[:, :M], HI[:, :M]
     valid = _ar(M, V.device) < sz[:, None]
@@ -83,7 +92,10 @@ def _finish(st, idx, V, LO, HI, sz, N, c, cfg):
     above[:, 0] = False
     first = torch.where(above.any(1), above.long().argmax(1), t)
     at_min = V.gather(1, t.clamp(min=0)[:, None])[:, 0] == V[:, 0]
-    st["tidx"][idx] = torch.where((t < 1) | at_min, first, t)
+    t = torch.where((t < 1) | at_min, first, t)
+    low = (t >= 0) & (V.gather(1, t.clamp(min=0)[:, None])[:, 0] < tau_floor)
+    t = torch.where(low, ((V >= tau_floor[:, None]) & valid).long().argmax(1), t)
+    st["tidx"][idx] = t
 
 
 def flush(st, idx, cfg):
@@ -92,6 +104,7 @@ def flush(st, idx, cfg):
     idx = idx[busy]
     if idx.numel() == 0:
         return
+    tau_floor = _tau_floor(st, idx, cfg)
     M, P = st["values"].shape[1], st["pend"].shape[1]
     dev = st["values"].device
     ar2, arP = _ar(2 * M, dev), _ar(P, dev)
@@ -139,7 +152,7 @@ def flush(st, idx, cfg):
     HI = torch.empty(K, L, dtype=hi.dtype, device=dev).scatter_(1, pos_o, hi + cb).scatter_(1, pos_b, hi_b)
     N = N0 + m
     V, LO, HI, sz, c = prune(V, LO, HI, n + m, N, st["coarsen"][idx], cfg, M)
-    _finish(st, idx, V, LO, HI, sz, N, c, cfg)
+    _finish(st, idx, V, LO, HI, sz, N, c, cfg, tau_floor)
 
 
 def update(st, x, cfg):
@@ -198,5 +211,7 @@ def merge(a, b, cfg):
     out["gap"].zero_()
     out["eq"].zero_()
     out["counted"].zero_()
-    _finish(out, torch.arange(U, device=dev), V, LO, HI, sz, N, c, cfg)
+    every = torch.arange(U, device=dev)
+    _finish(out, every, V, LO, HI, sz, N, c, cfg,
+            torch.maximum(_tau_floor(a, every, cfg), _tau_floor(b, every, cfg)))
     return out
