@@ -398,3 +398,17 @@ def test_tail_only_with_an_unrepresentative_start_reports_its_loss():
     down = agree_across_backends(torch.arange(200_000, 0, -1).float()[:, None].repeat(1, 2), [40_000],
                                  capacity=4096, min_quantile=0.99)
     assert (down.rank_error_bound(0.99) < 1e-3).all()
+
+
+def test_tail_only_new_minimum_does_not_pull_tau_down():
+    """Signed data and a new minimum long after the first flush: tau stays (it never moves down),
+    so no value lands in the counted gap below it and no wide entries pile up in the tail."""
+    x = torch.randn(300_000, 2, generator=torch.Generator().manual_seed(11))
+    x[150_000, :] = -10.0
+    sk = agree_across_backends(x, [30_000], capacity=4096, min_quantile=0.99)
+    st = sk._flushed()
+    N, T = st["total"][:, None], st["total"][:, None] >> sk.cfg["tail_shift"]
+    used = torch.arange(st["rmin"].shape[1]) < st["size"][:, None]
+    tail = used & (N - st["rmax"] + 1 <= T)
+    assert ((st["rmax"] - st["rmin"])[tail] < T.expand_as(tail)[tail] // 8).all()  # the pile-up: ~N/2
+    assert (sk.rank_error_bound(0.99) < 1e-3).all()
