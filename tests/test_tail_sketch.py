@@ -142,17 +142,19 @@ def test_small_capacity_coarsens_and_bound_still_holds():
     assert int(sk.st["coarsen"].max()) >= 1  # the over-capacity path ran
 
 
+@pytest.mark.parametrize("min_quantile", [0.0, 0.99])
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_merge_of_shards(backend):
+def test_merge_of_shards(backend, min_quantile):
     n = 300_000 if backend == "cpu" else 60_000
     x = relu_lognormal(n, 3, seed=5)
     shards = [x[:n // 6], x[n // 6:(11 * n) // 15], x[(11 * n) // 15:]]
     sketches = []
     for s in shards:
-        sk = TailSketch(3, capacity=4096, backend=backend)
+        sk = TailSketch(3, capacity=4096, backend=backend, min_quantile=min_quantile)
         feed(sk, s, [n // 10])
         sketches.append(sk)
-    merged = sketches[0].merge(sketches[1]).merge(sketches[2]).merge(TailSketch(3, capacity=4096))
+    merged = sketches[0].merge(sketches[1]).merge(sketches[2]).merge(
+        TailSketch(3, capacity=4096, min_quantile=min_quantile))
     assert merged.count == x.shape[0]
     xs = x.t().contiguous().sort(1).values
     bound = merged.rank_error_bound(QS)
