@@ -44,9 +44,10 @@ class QuantileSketch:
     refused (naming mode="sketch") when it exceeds `max_bytes`.
     mode="sketch": TailSketch (dissect_kernels.stats.tail_sketch), any count, bounded memory,
     rank error reported by rank_error_bound(); q >= min_quantile as in exact mode. With
-    min_quantile >= 1 - 2^-6 (the default 0.99) the TailSketch is tail-only: values below its top
-    1/32 are counted, not located, ~6x faster. mode="auto": exact when expected_count is given
-    and fits max_bytes, else sketch.
+    min_quantile >= ~0.978 (the default 0.99) the TailSketch is tail-only: values below its top
+    2^-tail_shift (1/64 at 0.99) are counted, not located, several times faster (see
+    tail_sketch.py for what that assumes). mode="auto": exact when expected_count is given and
+    fits max_bytes, else sketch.
     NaN in the input is an error: on CPU update() raises at once; on the GPU (to avoid a host
     sync per batch) the NaNs are counted on the device and the next quantile()/cdf()/merge()/
     state_dict() raises. Either way the sketch is unusable afterwards (the count includes them).
