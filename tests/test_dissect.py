@@ -32,6 +32,20 @@ def test_planted_units_are_recovered(planted, tmp_path):
     assert (tmp_path / "units.csv").read_text().count("\n") >= 1 + len(layer.best_iou)
 
 
+def test_sketch_thresholds_recover_the_same_units(planted):
+    """quantile_mode="sketch" (TailSketch): the same labels and detectors as exact thresholds.
+    The IoUs differ: the planted quantile sits mid-gap, where numpy interpolates, while the sketch
+    answers with a stored value (the gap's upper end), so `> threshold` drops that tie run."""
+    model, data = planted
+    kw = dict(quantile=Q, batch_size=16, progress=False, backend="cpu")
+    exact = dk.dissect(model, "units", data, quantile_mode="exact", **kw).layers["units"]
+    sketch = dk.dissect(model, "units", data, quantile_mode="sketch", **kw).layers["units"]
+    assert torch.equal(exact.best_label, sketch.best_label)
+    assert torch.equal(exact.detector, sketch.detector)
+    assert (sketch.thresholds >= exact.thresholds).all()
+    assert (sketch.best_iou[exact.detector] > 0.5).all()
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_backends_agree_end_to_end(planted, backend):
     model, data = planted
