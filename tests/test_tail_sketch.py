@@ -299,7 +299,7 @@ def test_awkward_inputs_backends_agree_and_bound_holds(kind, U, n, sizes):
     assert a.count == n
 
 
-def _state_in_subprocess(tmp_path, env_extra: dict):
+def _state_in_subprocess(tmp_path, env_extra: dict, min_quantile: float = 0.0):
     """The C++ state of a fixed awkward stream, computed in a fresh process (the AVX-512 /
     portable choice is made once per process)."""
     import os
@@ -307,14 +307,15 @@ def _state_in_subprocess(tmp_path, env_extra: dict):
     import sys
     from pathlib import Path
 
-    out = tmp_path / f"state-{len(env_extra)}.safetensors"
+    out = tmp_path / f"state-{len(env_extra)}-{min_quantile}.safetensors"
     code = (
         "import sys, torch; sys.path.insert(0, sys.argv[2])\n"
         "from safetensors.torch import save_file\n"
         "from test_tail_sketch import relu_lognormal, feed, comparable_state, TailSketch\n"
         "x = relu_lognormal(40_000, 17, seed=5); x[:, 1] = -x[:, 1]\n"
         "x[:, 2] = torch.round(x[:, 2] * 4) / 4; x[:, 3] = 0.0\n"
-        "a = TailSketch(17, capacity=2048, backend='cpu'); feed(a, x, [3000, 511, 9000])\n"
+        f"a = TailSketch(17, capacity=2048, backend='cpu', min_quantile={min_quantile})\n"
+        "feed(a, x, [3000, 511, 9000])\n"
         "save_file({k: v.contiguous() for k, v in comparable_state(a).items()}, sys.argv[1])\n"
     )
     here = Path(__file__).parent
@@ -324,11 +325,13 @@ def _state_in_subprocess(tmp_path, env_extra: dict):
     return load_file(str(out))
 
 
-def test_portable_and_vectorised_cpu_paths_identical(tmp_path):
+@pytest.mark.parametrize("min_quantile", [0.0, 0.99])
+def test_portable_and_vectorised_cpu_paths_identical(tmp_path, min_quantile):
     """DK_TAIL_SKETCH_SCALAR=1 forces the portable C++ update; on an AVX-512 machine the default
-    is the vectorised one. Both must reach the same state."""
-    fast = _state_in_subprocess(tmp_path, {})
-    portable = _state_in_subprocess(tmp_path, {"DK_TAIL_SKETCH_SCALAR": "1"})
+    is the vectorised one (for tail-only summaries: the searchless tiles). Both must reach the
+    same state."""
+    fast = _state_in_subprocess(tmp_path, {}, min_quantile)
+    portable = _state_in_subprocess(tmp_path, {"DK_TAIL_SKETCH_SCALAR": "1"}, min_quantile)
     assert fast.keys() == portable.keys()
     for k in fast:
         assert torch.equal(fast[k], portable[k]), k
