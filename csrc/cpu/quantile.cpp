@@ -1,11 +1,8 @@
-
-
-
 // CPU exact-tail filter (see quantile.h): one pass over the input. float32 rows with AVX-512
 // (runtime-detected): 16-row x 16-unit tiles, each unit with a value above its cut appended as a
 // column (register compress + one store), compaction count/keep passes vectorised; otherwise an
-// SSE 16-unit bitmask. One thread walks
-// whole rows; several take unit panels dynamically (no static split to wait on).
+// SSE 16-unit bitmask. One thread walks whole rows; several take unit panels dynamically (no
+// static split to wait on).
 #include "dissect_kernels/quantile.h"
 
 #include <algorithm>
