@@ -93,6 +93,19 @@ void radix_sort(float* b, int64_t n, std::vector<uint32_t>& k0, std::vector<uint
   }
 }
 
+// Last index i in [0, t) with v[i] <= x (v ascending, v[0] <= x): a branchless binary search.
+inline int64_t last_le(const float* v, int64_t t, float x) {
+  int64_t b = 0;
+  for (int64_t l = t; l > 1; l -= l >> 1) b += static_cast<int64_t>(v[b + (l >> 1)] <= x) * (l >> 1);
+  return b;
+}
+
+// Count bulk value x in its gap (v_b, v_b+1), or as a tie of v_b.
+inline void count_in_gap(const float* v, int64_t t, float x, int64_t* g, int64_t* q) {
+  const int64_t b = last_le(v, t, x);
+  if (v[b] == x) ++q[b]; else ++g[b];
+}
+
 #ifdef DK_TS_X86
 bool have_avx512() {
   // DK_TAIL_SKETCH_SCALAR=1 forces the portable code (to test it on AVX-512 machines).
@@ -239,15 +252,7 @@ void classify_avx512(const float* v, int64_t t, float v0, float hi0, float tau, 
       if ((e >> w) & 1) ++q[bi[0][w]]; else ++g[bi[0][w]];
     }
   }
-  for (; j < nb; ++j) {
-    int64_t b = 0, l = t;
-    while (l > 1) {
-      const int64_t half = l >> 1;
-      b += static_cast<int64_t>(v[b + half] <= buf[j]) * half;
-      l -= half;
-    }
-    if (v[b] == buf[j]) ++q[b]; else ++g[b];
-  }
+  for (; j < nb; ++j) count_in_gap(v, t, buf[j], g, q);
   n0_out = n0; ne_out = ne; nb_out = nb; pn_io = pn;
 }
 // 16x16 float transpose: dst[q * ds + r] = src[r * ss + q] for r, q < 16.
@@ -359,12 +364,7 @@ void classify(const TailSketchState& s, int64_t u, const float* xs, int64_t n, f
   int64_t* g = s.gap + u * s.M;
   int64_t* q = s.eq + u * s.M;
   const float v0 = v[0], tau = v[t];
-  int64_t z = 0, len = t;  // z = last index in [0, t) with v[z] == v0
-  while (len > 1) {
-    const int64_t half = len >> 1;
-    z += static_cast<int64_t>(v[z + half] <= v0) * half;
-    len -= half;
-  }
+  const int64_t z = last_le(v, t, v0);  // the last index in [0, t) with v[z] == v0
   const float hi0 = (z + 1 < t) ? v[z + 1] : tau;
   int64_t n0 = 0, ne = 0, nb = 0;
 #ifdef DK_TS_X86
@@ -407,17 +407,7 @@ void classify(const TailSketchState& s, int64_t u, const float* xs, int64_t n, f
       g[base[w]] += !e;
     }
   }
-  for (; i < nb; ++i) {
-    int64_t base = 0, l = t;
-    while (l > 1) {
-      const int64_t half = l >> 1;
-      base += static_cast<int64_t>(v[base + half] <= buf[i]) * half;
-      l -= half;
-    }
-    const bool e = v[base] == buf[i];
-    q[base] += e;
-    g[base] += !e;
-  }
+  for (; i < nb; ++i) count_in_gap(v, t, buf[i], g, q);
   s.pend_n[u] = pn;
   s.counted[u] += n0 + nb;
 }
