@@ -1,16 +1,19 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
-from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
+from dissect_kernels.ace import ace, rank_units_by_ace
+from dissect_kernels.alpha import optimize_alpha
 from dissect_kernels.dissect import dissect
 from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
-from dissect_kernels.ablation import AblationResult, classifier_ablation, plot_ablation
+from dissect_kernels.ablation import AblationResult, classifier_ablation
 from dissect_kernels.intervene import intervene
 from dissect_kernels.ops.edit import edit, edit_
+from dissect_kernels.report.ablation import plot_ablation
 from dissect_kernels.ops.label_stats import LabelStats, label_stats
 from dissect_kernels.ops.segment_stats import segment_stats
 from dissect_kernels.ops.tally import TallyResult, tally
-from dissect_kernels.results import DissectionResult, LayerResult, load_results, save_results
+from dissect_kernels.io import load_results, save_results
+from dissect_kernels.results import DissectionResult, LayerResult
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.quantile import QuantileSketch
 from dissect_kernels.stats.tail_sketch import TailSketch

@@ -1,20 +1,20 @@
-"""Classifier unit ablation (davidbau/dissect's per-class experiment): per-class precision,
-recall and balanced accuracy after ablating each single unit, then the top-N units of each
-class and all but the top-N, batched through dk.intervene; plots of the accuracy drop."""
+"""Classifier unit ablation (davidbau/dissect's per-class experiment) as two passes of the pass
+engine: per-class precision, recall and balanced accuracy with each single unit ablated (pass 1,
+which ranks the units per class), then each class's top-N units and all but its top N
+(pass 2); every ablation of a batch runs through one batched dk.intervene."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from dissect_kernels import distributed as ddp
 from dissect_kernels import hooks
-from dissect_kernels.intervene import _check_ids, intervene
+from dissect_kernels.engine import CheckpointSpec, LoaderSource, Pass, run_passes
+from dissect_kernels.intervene import check_unit_ids, intervene
 
-__all__ = ["classifier_ablation", "AblationResult", "plot_ablation"]
+__all__ = ["classifier_ablation", "AblationResult"]
 
 
 @dataclass
@@ -43,6 +43,7 @@ class AblationResult:
     single_recall: torch.Tensor | None = None
     single_balanced: torch.Tensor | None = None
     drop: torch.Tensor | None = None
+    positives: torch.Tensor | None = None     # [C] positives of each class in the evaluated data
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain tensors (safetensors-compatible); None fields are left out."""
@@ -51,82 +52,116 @@ class AblationResult:
         return {k: v.contiguous() for k, v in out.items() if v is not None}
 
 
-class _Confusion:
-    """Running per-condition, per-class TP / predicted / true counts (int64)."""
+class AblationConfusion:
+    """Per-class true-positive / predicted / true counts (int64) of the unablated model (row 0)
+    and with each unit set ablated (rows 1..S); sets = sets_of(U, units) once U is known."""
 
-    def __init__(self, conditions: int, num_classes: int, device):
-        self.C = num_classes
-        self.tp = torch.zeros(conditions, num_classes, dtype=torch.int64, device=device)
-        self.pred = torch.zeros_like(self.tp)
-        self.true = torch.zeros(num_classes, dtype=torch.int64, device=device)
-        self.n = 0
+    needs_output = True
 
-    def update(self, pred: torch.Tensor, y: torch.Tensor) -> None:
-        """pred [S, B] class ids, y [B]."""
-        S = pred.shape[0]
-        flat = (pred + self.C * torch.arange(S, device=pred.device)[:, None]).reshape(-1)
-        self.pred += torch.bincount(flat, minlength=S * self.C).view(S, self.C)
-        hit = (pred == y[None]).reshape(-1).long()
-        self.tp += torch.zeros(S * self.C, dtype=torch.int64, device=pred.device).scatter_add_(
-            0, flat, hit).view(S, self.C)
-        self.true += torch.bincount(y, minlength=self.C)
-        self.n += y.shape[0]
+    def __init__(self, layer: str, sets_of, *, num_classes: int, multilabel: bool, units, chunk_size,
+                 device):
+        self.layers, self.sets_of, self.C, self.multilabel = (layer,), sets_of, num_classes, multilabel
+        self.units_arg, self.chunk_size, self.device = units, chunk_size, device
+        self.state: dict[str, torch.Tensor] = {}
+        self.sets = None
 
-    def update_multilabel(self, pred: torch.Tensor, y: torch.Tensor) -> None:
-        """pred [S, B, C] bool (class predicted present), y [B, C] bool (multi-hot truth)."""
-        self.pred += pred.sum(1)
-        self.tp += (pred & y[None]).sum(1)
-        self.true += y.sum(0)
-        self.n += y.shape[0]
+    def decide(self, out: torch.Tensor) -> torch.Tensor:
+        """The model output -> class ids [B], or per-class decisions [B, C] (logit > 0)."""
+        if not self.multilabel:
+            return out.argmax(dim=1)
+        if out.dim() != 2 or out.shape[1] != self.C:
+            raise ValueError(f"multilabel model output must be [B, num_classes] = [B, {self.C}], "
+                             f"got shape {tuple(out.shape)}")
+        return out > 0
 
-    def merge_across_ranks(self) -> None:
-        """Sum the counts of every rank (integers: exact) in place."""
-        counts = ddp.sum_across_ranks(torch.cat([self.tp.reshape(-1), self.pred.reshape(-1), self.true,
-                                                 torch.tensor([self.n], device=self.true.device)]))
-        k = self.tp.numel()
-        self.tp.copy_(counts[:k].view_as(self.tp))
-        self.pred.copy_(counts[k:2 * k].view_as(self.pred))
-        self.true.copy_(counts[2 * k:2 * k + self.C])
-        self.n = int(counts[-1])
+    def _start(self, U: int) -> None:
+        units = torch.arange(U) if self.units_arg is None else \
+            torch.as_tensor(self.units_arg, dtype=torch.int64).reshape(-1)
+        check_unit_ids(units, U)
+        if units.numel() == 0 or units.unique().numel() != units.numel():
+            raise ValueError(f"units must be distinct unit ids, got {units.tolist()}")
+        self.sets = self.sets_of(U, units).to(self.device)
+        rows = 1 + self.sets.shape[0]
+        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.state = {"tp": z(rows, self.C), "pred": z(rows, self.C), "true": z(self.C), "n": z(1),
+                      "units": units.clone(), "U": torch.tensor([U])}
 
-    def metrics(self):
-        """(precision, recall, balanced accuracy), each float64 [S, C]."""
-        tp, pred, true = self.tp.double(), self.pred.double(), self.true.double()[None]
-        fp, fn = pred - tp, true - tp
-        tn = self.n - tp - fp - fn
-        ratio = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), torch.zeros_like(a))  # noqa: E731
-        recall = ratio(tp, tp + fn)
-        return ratio(tp, tp + fp), recall, (recall + ratio(tn, tn + fp)) / 2
-
-
-def _batches(loader, device, num_classes, multilabel=False):
-    for batch in loader:
-        if isinstance(batch, dict):
-            x = batch.get("image", batch.get("input"))
-            y = batch.get("label", batch.get("target"))
+    def update(self, step) -> None:
+        x, y = step.inputs, step.targets
+        if not self.state:
+            self._start(step.acts[self.layers[0]].shape[1])
+        chunk = self.chunk_size or max(1, 4096 // max(1, x.shape[0]))
+        ablated = intervene(step.model, self.layers[0], self.sets, x, measure=self.decide, chunk_size=chunk)
+        pred = torch.cat([self.decide(step.output)[None], ablated])
+        s = self.state
+        if self.multilabel:
+            s["pred"] += pred.sum(1)
+            s["tp"] += (pred & y[None]).sum(1)
+            s["true"] += y.sum(0)
         else:
-            x, y = batch[0], batch[1]
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError("loader must yield (images, labels) tensors or dicts with 'image' and 'label'")
-        if multilabel:
-            if y.dim() != 2 or y.shape[1] != num_classes:
-                raise ValueError(f"multilabel targets must be multi-hot [B, num_classes] = [B, {num_classes}], "
-                                 f"got shape {tuple(y.shape)}")
-            if y.numel() and not bool(((y == 0) | (y == 1)).all()):
-                raise ValueError("multilabel targets must hold only 0 and 1 (multi-hot)")
-            yield x.to(device), y.to(device).bool()
-            continue
-        y = y.to(device).long().reshape(-1)
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(f"labels hold classes in [{int(y.min())}, {int(y.max())}] but num_classes={num_classes}")
-        yield x.to(device), y
+            S, C = pred.shape[0], self.C
+            flat = (pred + C * torch.arange(S, device=pred.device)[:, None]).reshape(-1)
+            s["pred"] += torch.bincount(flat, minlength=S * C).view(S, C)
+            hit = (pred == y[None]).reshape(-1).long()
+            s["tp"] += torch.zeros(S * C, dtype=torch.int64, device=pred.device).scatter_add_(
+                0, flat, hit).view(S, C)
+            s["true"] += torch.bincount(y, minlength=C)
+        s["n"] += y.shape[0]
+
+    def merge(self, other: "AblationConfusion") -> None:
+        if not other.state:
+            return
+        if not self.state:
+            self.state = {k: v.clone() for k, v in other.state.items()}
+            return
+        for k in ("tp", "pred", "true", "n"):
+            self.state[k] += other.state[k].to(self.state[k].device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: v.to(self.device if k not in ("units", "U") else "cpu", torch.int64).clone()
+                      for k, v in state.items()}
+        self.sets = self.sets_of(int(self.state["U"][0]), self.state["units"]).to(self.device)
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        if not self.state:
+            raise ValueError("loader yielded no batches")
+        return {k: v.cpu() for k, v in self.state.items()}
+
+
+def metrics(c: dict[str, torch.Tensor]):
+    """(precision, recall, balanced accuracy), each float64 [S, C], from confusion counts."""
+    tp, pred, true = c["tp"].double(), c["pred"].double(), c["true"].double()[None]
+    fp, fn = pred - tp, true - tp
+    tn = int(c["n"][0]) - tp - fp - fn
+    ratio = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), torch.zeros_like(a))  # noqa: E731
+    recall = ratio(tp, tp + fn)
+    return ratio(tp, tp + fp), recall, (recall + ratio(tn, tn + fp)) / 2
+
+
+def topn_sets(ranking: torch.Tensor, units: torch.Tensor, top_n: torch.Tensor, U: int) -> torch.Tensor:
+    """Masks [C*2*T, U]: for class c and N in top_n, its top-N units, then all but them."""
+    C, n = ranking.shape
+    T = top_n.numel()
+    rank_pos = torch.full((C, U), -1, dtype=torch.int64)
+    rank_pos.scatter_(1, ranking.cpu(), torch.arange(n).expand(C, n).contiguous())
+    N = top_n.clamp(max=n)
+    in_units = rank_pos >= 0
+    top = in_units[:, None] & (rank_pos[:, None] < N[None, :, None])  # [C, T, U]
+    rest = in_units[:, None] & ~top
+    return torch.stack([top, rest], dim=1).reshape(C * 2 * T, U).float()
 
 
 def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: int,
                         units: Sequence[int] | torch.Tensor | None = None,
                         top_n: Sequence[int] = (1, 2, 3, 4, 5, 20), device=None,
                         progress: bool = True, ranking: torch.Tensor | None = None,
-                        chunk_size: int | None = None, multilabel: bool = False) -> AblationResult:
+                        chunk_size: int | None = None, multilabel: bool = False,
+                        checkpoint_dir=None, checkpoint_name: str = "ablation",
+                        checkpoint_key: dict | None = None,
+                        checkpoint_interval: float = 120.0) -> AblationResult:
     """The classifier ablation experiment (davidbau/dissect): per-class precision, recall and
     balanced accuracy unablated and with each single unit of `layer` ablated (zeroed
     everywhere; batched with intervene), units ranked per class by the balanced-accuracy drop,
@@ -135,165 +170,100 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     model's); the model is not moved and should be in eval mode. Pass `ranking` [C, n] (e.g.
     from a train-set run) to skip the single-unit pass and evaluate that ranking here.
     multilabel=True: every output is an independent binary classifier (predicted present when
-    its logit > 0) and labels are multi-hot [B, num_classes]; the per-class confusion counts
-    and hence precision / recall / balanced accuracy are of those binary decisions.
+    its logit > 0) and labels are multi-hot [B, num_classes].
+    checkpoint_dir: checkpoint there under `checkpoint_name` (a rerun with the same model,
+    arguments and `checkpoint_key`, which should identify the loader's data, resumes; the
+    loader must yield the same batches every time).
 
     Under torch.distributed each rank iterates its own loader, which the caller shards by rank
-    (e.g. a DataLoader over dk.distributed.shard_dataset(ds); DistributedSampler pads with
-    repeated samples unless drop_last or the size divides), and the integer confusion counts
+    (e.g. a DataLoader over dk.distributed.shard_dataset(ds)), and the integer confusion counts
     are summed across ranks before the metrics: every rank returns the single-process result."""
-    from tqdm.auto import tqdm
-
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     top_n = torch.as_tensor(list(top_n), dtype=torch.int64)
     if top_n.dim() != 1 or top_n.numel() == 0 or int(top_n.min()) < 1:
         raise ValueError(f"top_n must be a non-empty list of positive ints, got {top_n.tolist()}")
     hooks.get_module(model, layer)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-    progress = progress and ddp.rank() == 0
-    if multilabel:
-        def argmax(out):  # the measure: per-class binary decisions [rows, C]
-            if out.dim() != 2 or out.shape[1] != num_classes:
-                raise ValueError(f"multilabel model output must be [B, num_classes] = [B, {num_classes}], "
-                                 f"got shape {tuple(out.shape)}")
-            return out > 0
-    else:
-        argmax = lambda out: out.argmax(dim=1)  # noqa: E731
-    U = None
-    C = num_classes
-    with torch.no_grad():
-        # Pass 1: baseline and every single unit ablated.
-        single = None
-        if ranking is None:
-            for x, y in tqdm(_batches(loader, device, C, multilabel), desc="single-unit ablation", disable=not progress):
-                if U is None:
-                    U, units = _layer_units(model, layer, x, units)
-                    single = _Confusion(1 + len(units), C, device)
-                base = argmax(hooks.call_model(model, x))[None]
-                sets = units[:, None]
-                step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
-                ablated = intervene(model, layer, sets, x, measure=argmax, chunk_size=step)
-                (single.update_multilabel if multilabel else single.update)(torch.cat([base, ablated]), y)
-            single, units = _merged(single, units, C, device)
-            if single is None:
-                raise ValueError("loader yielded no batches")
-            p, r, b = single.metrics()
-            drop = b[0:1] - b[1:]
-            order = torch.sort(-drop.t(), dim=1, stable=True).indices  # [C, n]
-            ranking = units.to(device)[order]
-        # Pass 2: top-N and all-but-top-N of every class.
-        ranking = torch.as_tensor(ranking, device=device).long()
-        plan = None
-        for x, y in tqdm(_batches(loader, device, C, multilabel), desc="top-N ablation", disable=not progress):
-            if plan is None:
-                U, units = _layer_units(model, layer, x, units)
-                if ranking.shape != (C, len(units)):
-                    raise ValueError(f"ranking must have shape [num_classes, len(units)] = {[C, len(units)]}, "
-                                     f"got {tuple(ranking.shape)}")
-                plan = _topn_sets(ranking, units, top_n, U)
-                evals = _Confusion(1 + plan.shape[0], C, device)
-            base = argmax(hooks.call_model(model, x))[None]
-            step = chunk_size or max(1, 4096 // max(1, x.shape[0]))
-            ablated = intervene(model, layer, plan, x, measure=argmax, chunk_size=step)
-            (evals.update_multilabel if multilabel else evals.update)(torch.cat([base, ablated]), y)
-        evals, units = _merged(evals if plan is not None else None, units, C, device)
-        if evals is None:
-            raise ValueError("loader yielded no batches")
-    ep, er, eb = evals.metrics()
-    T = top_n.numel()
-    cls = torch.arange(C, device=device)
+    device = torch.device(device) if device is not None else \
+        next((p.device for p in model.parameters()), torch.device("cpu"))
+    conf = dict(num_classes=num_classes, multilabel=multilabel, units=units, chunk_size=chunk_size,
+                device=device)
+    passes = []
+    if ranking is None:
+        passes.append(Pass("single", lambda r: {"confusion": AblationConfusion(
+            layer, lambda U, ids: ids[:, None], **conf)}))
+
+    def plan(results):
+        rank = _ranking(results["single"]["confusion"]) if ranking is None else \
+            torch.as_tensor(ranking).long().cpu()
+        return {"confusion": AblationConfusion(layer, lambda U, ids: _plan(rank, ids, top_n, U, num_classes),
+                                               **conf)}
+
+    passes.append(Pass("top-n", plan))
+    ckpt = None if checkpoint_dir is None else CheckpointSpec(checkpoint_dir, checkpoint_name, dict(
+        layer=layer, num_classes=num_classes, units=None if units is None else torch.as_tensor(units).tolist(),
+        top_n=top_n.tolist(), multilabel=multilabel, chunk_size=chunk_size,
+        ranking=None if ranking is None else torch.as_tensor(ranking).tolist(),
+        data=checkpoint_key or {}), checkpoint_interval)
+    source = LoaderSource(loader, lambda item: _convert(item, num_classes, multilabel))
+    out = run_passes(model, source, passes, layers=[layer], device=device, progress=progress,
+                     checkpoint=ckpt, check_finite=False, desc="ablation")
+    return _result(out.results, top_n, ranking)
+
+
+def _ranking(single: dict) -> torch.Tensor:
+    """[C, n] unit ids per class by the balanced-accuracy drop of their single-unit ablation."""
+    b = metrics(single)[2]
+    order = torch.sort(-(b[0:1] - b[1:]).t(), dim=1, stable=True).indices
+    return single["units"][order]
+
+
+def _plan(ranking, units, top_n, U, C) -> torch.Tensor:
+    if tuple(ranking.shape) != (C, len(units)):
+        raise ValueError(f"ranking must have shape [num_classes, len(units)] = {[C, len(units)]}, "
+                         f"got {tuple(ranking.shape)}")
+    return topn_sets(ranking, units, top_n, U)
+
+
+def _result(results, top_n, ranking) -> AblationResult:
+    evals = results["top-n"]["confusion"]
+    ep, er, eb = metrics(evals)
+    rank = _ranking(results["single"]["confusion"]) if ranking is None else torch.as_tensor(ranking).long()
+    C, T = ep.shape[1], top_n.numel()
+    cls = torch.arange(C)
 
     def per_class(m, offset):  # rows 1 + (c*2 + offset)*T + t, column c
-        idx = 1 + (cls[:, None] * 2 + offset) * T + torch.arange(T, device=device)[None]
-        return m[idx, cls[:, None]]
+        return m[1 + (cls[:, None] * 2 + offset) * T + torch.arange(T)[None], cls[:, None]]
 
     out = AblationResult(
-        units=units.cpu(), top_n=top_n, num_samples=evals.n,
-        baseline_precision=ep[0].cpu(), baseline_recall=er[0].cpu(), baseline_balanced=eb[0].cpu(),
-        ranking=ranking.cpu(),
-        topn_precision=per_class(ep, 0).cpu(), topn_recall=per_class(er, 0).cpu(),
-        topn_balanced=per_class(eb, 0).cpu(),
-        allbut_precision=per_class(ep, 1).cpu(), allbut_recall=per_class(er, 1).cpu(),
-        allbut_balanced=per_class(eb, 1).cpu())
-    if single is not None:
-        out.single_precision, out.single_recall = p[1:].cpu(), r[1:].cpu()
-        out.single_balanced, out.drop = b[1:].cpu(), drop.cpu()
+        units=evals["units"], top_n=top_n, num_samples=int(evals["n"][0]),
+        baseline_precision=ep[0], baseline_recall=er[0], baseline_balanced=eb[0], ranking=rank,
+        topn_precision=per_class(ep, 0), topn_recall=per_class(er, 0), topn_balanced=per_class(eb, 0),
+        allbut_precision=per_class(ep, 1), allbut_recall=per_class(er, 1), allbut_balanced=per_class(eb, 1),
+        positives=evals["true"])
+    if ranking is None:
+        p, r, b = metrics(results["single"]["confusion"])
+        out.single_precision, out.single_recall, out.single_balanced = p[1:], r[1:], b[1:]
+        out.drop = b[0:1] - b[1:]
     return out
 
 
-def _merged(conf: "_Confusion | None", units, C: int, device):
-    """Sum a confusion across ranks (a rank whose loader was empty joins with zeros; the
-    evaluated units come from a rank that saw data). Returns (confusion or None, units)."""
-    if not ddp.is_distributed() or ddp.world_size() == 1:
-        return conf, units
-    import torch.distributed as dist
-    mine = None if conf is None else (conf.tp.shape[0], units.cpu())
-    peers: list = [None] * ddp.world_size()
-    dist.all_gather_object(peers, mine)
-    seen = [p for p in peers if p is not None]
-    if not seen:
-        return None, units
-    if conf is None:
-        conf, units = _Confusion(seen[0][0], C, device), seen[0][1].to(device)
-    conf.merge_across_ranks()
-    return conf, units
-
-
-def _layer_units(model, layer, x, units):
-    """(number of units of the layer, the evaluated unit ids as an int64 tensor)."""
-    U = hooks.run_layers(model, x[:1], [layer])[layer].shape[1]
-    units = torch.arange(U) if units is None else torch.as_tensor(units, dtype=torch.int64).reshape(-1)
-    _check_ids(units, U)
-    if units.numel() == 0 or units.unique().numel() != units.numel():
-        raise ValueError(f"units must be distinct unit ids, got {units.tolist()}")
-    return U, units.to(x.device)
-
-
-def _topn_sets(ranking, units, top_n, U) -> torch.Tensor:
-    """Masks [C*2*T, U]: for class c and N in top_n, its top-N units, then all but them."""
-    C, n = ranking.shape
-    T = top_n.numel()
-    rank_pos = torch.full((C, U), -1, dtype=torch.int64, device=ranking.device)
-    rank_pos.scatter_(1, ranking, torch.arange(n, device=ranking.device).expand(C, n).contiguous())
-    N = top_n.clamp(max=n).to(ranking.device)
-    in_units = rank_pos >= 0
-    top = in_units[:, None] & (rank_pos[:, None] < N[None, :, None])  # [C, T, U]
-    rest = in_units[:, None] & ~top
-    return torch.stack([top, rest], dim=1).reshape(C * 2 * T, U).float()
-
-
-def plot_ablation(result: AblationResult, out_path, *, classes: Sequence[int] | None = None,
-                  class_names: Sequence[str] | None = None) -> str:
-    """One panel per class (a grid in one image): balanced accuracy vs N with the top-N units
-    ablated and with all but the top N ablated, the unablated level dashed. Returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    C = result.baseline_balanced.shape[0]
-    classes = list(range(C)) if classes is None else list(classes)
-    ncol = max(1, math.ceil(math.sqrt(len(classes))))
-    nrow = math.ceil(len(classes) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.4 * nrow), squeeze=False)
-    n = result.top_n.numpy()
-    for ax in axes.flat[len(classes):]:
-        ax.axis("off")
-    for ax, c in zip(axes.flat, classes):
-        ax.plot(n, result.topn_balanced[c].numpy(), "o-", label="top-N ablated")
-        ax.plot(n, result.allbut_balanced[c].numpy(), "s-", label="all but top-N ablated")
-        ax.axhline(float(result.baseline_balanced[c]), ls="--", color="gray", label="unablated")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(n, [str(v) for v in n], fontsize=7)
-        ax.set_ylim(0.0, 1.02)
-        ax.set_title(class_names[c] if class_names is not None else f"class {c}", fontsize=9)
-        ax.set_xlabel("N", fontsize=8)
-        ax.set_ylabel("balanced acc.", fontsize=8)
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return str(out_path)
+def _convert(batch, num_classes: int, multilabel: bool):
+    """A loader item -> (inputs, {"targets": ...}), checked."""
+    if isinstance(batch, dict):
+        x, y = batch.get("image", batch.get("input")), batch.get("label", batch.get("target"))
+    else:
+        x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("loader must yield (images, labels) tensors or dicts with 'image' and 'label'")
+    if multilabel:
+        if y.dim() != 2 or y.shape[1] != num_classes:
+            raise ValueError(f"multilabel targets must be multi-hot [B, num_classes] = [B, {num_classes}], "
+                             f"got shape {tuple(y.shape)}")
+        if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("multilabel targets must hold only 0 and 1 (multi-hot)")
+        return x, {"targets": y.bool()}
+    y = y.long().reshape(-1)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels hold classes in [{int(y.min())}, {int(y.max())}] but num_classes={num_classes}")
+    return x, {"targets": y}

@@ -1,14 +1,8 @@
-"""torch.distributed glue: shard samples by rank and merge accumulators across ranks.
-
-Every accumulator (IoUTally, QuantileSketch, TopK, ...) has state_dict / load_state_dict /
-merge, so merging is generic: all-gather each rank's state (as a pickled dict of CPU tensors,
-which works on gloo and NCCL alike), rebuild it into a fresh copy and merge in rank order. Every
-rank ends with the same merged state; merging in rank order keeps results deterministic."""
+"""torch.distributed helpers for the pass engine: this rank's shard of the samples, gathering
+Python objects from every rank, and a barrier. Without torchrun every helper is the
+single-process identity (rank 0 of 1)."""
 from __future__ import annotations
 
-import copy
-
-import torch
 import torch.distributed as dist
 
 
@@ -37,38 +31,6 @@ def shard_indices(n: int, rank_: int | None = None, world: int | None = None) ->
     return list(shard_range(n, rank_, world))
 
 
-def merge_across_ranks(acc):
-    """Merge `acc` (in place) with its peers on every rank; returns acc."""
-    if not is_distributed() or world_size() == 1:
-        return acc
-    state = {k: v.detach().cpu() for k, v in acc.state_dict().items()}
-    gathered: list = [None] * world_size()
-    dist.all_gather_object(gathered, state)
-    merged = None
-    for peer_state in gathered:
-        peer = copy.deepcopy(acc)
-        peer.load_state_dict({k: v.to(_device_of(acc)) for k, v in peer_state.items()})
-        if merged is None:
-            merged = peer
-        else:
-            merged.merge(peer)
-    acc.load_state_dict(merged.state_dict())
-    return acc
-
-
-def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
-    """Sum of every rank's `t` (same shape on all ranks), added in rank order on every rank:
-    exact for integers, deterministic for floats (gathered as CPU tensors: gloo and NCCL)."""
-    if not is_distributed() or world_size() == 1:
-        return t
-    gathered: list = [None] * world_size()
-    dist.all_gather_object(gathered, t.detach().cpu())
-    total = gathered[0].clone()
-    for peer in gathered[1:]:
-        total += peer
-    return total.to(t.device)
-
-
 def shard_dataset(dataset):
     """This rank's contiguous shard of a map-style dataset (a Subset; the whole dataset without
     torchrun). Unlike DistributedSampler it never pads, so every sample is counted once."""
@@ -76,10 +38,13 @@ def shard_dataset(dataset):
     return Subset(dataset, shard_indices(len(dataset)))
 
 
-def _device_of(acc) -> torch.device:
-    for v in acc.state_dict().values():
-        return v.device
-    return torch.device("cpu")
+def all_gather(obj) -> list:
+    """Every rank's `obj` (picklable; CPU tensors work on gloo and NCCL alike), in rank order."""
+    if not is_distributed() or world_size() == 1:
+        return [obj]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier() -> None:

@@ -29,7 +29,7 @@ def unit_masks(unit_sets, num_units: int, device=None) -> torch.Tensor:
         if t.dim() not in (1, 2):
             raise ValueError(f"unit_sets as unit ids must be [S] or [S, k], got shape {tuple(t.shape)}")
         ids = t.long().reshape(t.shape[0], -1)
-        _check_ids(ids, num_units)
+        check_unit_ids(ids, num_units)
         return torch.zeros(ids.shape[0], num_units, device=ids.device).scatter_(1, ids, 1.0)
     if not isinstance(unit_sets, (list, tuple)):
         raise TypeError(f"unit_sets must be a list of unit-id sets or a tensor, got {type(unit_sets).__name__}")
@@ -41,14 +41,14 @@ def unit_masks(unit_sets, num_units: int, device=None) -> torch.Tensor:
         rows.append(torch.full_like(ids, s))
         cols.append(ids)
     cols = torch.cat(cols) if cols else torch.zeros(0, dtype=torch.int64)
-    _check_ids(cols, num_units)
+    check_unit_ids(cols, num_units)
     mask = torch.zeros(len(unit_sets), num_units)
     if cols.numel():
         mask[torch.cat(rows), cols] = 1.0
     return mask.to(device) if device is not None else mask
 
 
-def _check_ids(ids: torch.Tensor, num_units: int) -> None:
+def check_unit_ids(ids: torch.Tensor, num_units: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_units):
         raise ValueError(f"unit_sets holds unit ids in [{int(ids.min())}, {int(ids.max())}] but the "
                          f"layer has {num_units} units (ids must lie in [0, {num_units}))")

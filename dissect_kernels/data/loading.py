@@ -49,13 +49,13 @@ class SampleLoader:
     """Iterable of Batch over a Broden-style dataset; `skipped` maps index -> reason."""
 
     def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
-                 drop_categories: tuple[str, ...] = (), meta=None):
+                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False):
         """`meta` supplies concept/category attributes when `dataset` is a Subset of it."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         meta = dataset if meta is None else meta
         self.dataset = dataset
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.num_concepts = int(meta.num_concepts)
         self.num_categories = int(meta.num_categories)
         self.category_of = torch.as_tensor(meta.category_of, dtype=torch.int64)
@@ -77,7 +77,8 @@ class SampleLoader:
         pass lines up with the batches it already counted."""
         rest = range(start_batch * self.batch_size, len(self.dataset))
         loader = DataLoader(Subset(_Guarded(self.dataset), rest), batch_size=self.batch_size,
-                            shuffle=False, num_workers=self.num_workers, collate_fn=_split)
+                            shuffle=False, num_workers=self.num_workers, collate_fn=_split,
+                            pin_memory=self.pin_memory)
         for items, bad in loader:
             self.skipped.update(bad)
             yield self._stack(items)

@@ -11,7 +11,8 @@ import torch
 from dissect_kernels.report.exemplars import render_strip
 from dissect_kernels.report.html import REPORT_FILE, esc, fmt, html_page, meta_table
 from dissect_kernels.report.plots import figure_svg, grouped_bar, svg_data_uri
-from dissect_kernels.results import LayerResult, atomic_write, ensure_dir
+from dissect_kernels.io import atomic_write, ensure_dir
+from dissect_kernels.results import LayerResult
 
 ACE_FILE = "ace.html"
 
@@ -32,12 +33,13 @@ def save_image_strip(out_dir, rel: str, images: torch.Tensor, size: int = 64) ->
     return rel
 
 
-def write_ace_page(out_dir, lr: LayerResult, ranking, concept_name: str, *, unit_base: int = 0,
-                   strips: dict[int, dict[str, str]] | None = None, top: int = 24) -> Path:
-    """Write out_dir/ace.html: a bar chart of every unit's ACE and a table of the `top` units
-    by ACE (unit, dissection label, IoU, ACE, class fraction ablated/inserted, exemplars,
-    before/after strips {unit: {"original"|"ablated"|"inserted": relative path}})."""
-    out = ensure_dir(out_dir)
+def ace_page(out_dir, lr: LayerResult, ranking, concept_name: str, *, unit_base: int = 0,
+             strips: dict[int, dict[str, str]] | None = None, top: int = 24) -> str:
+    """The HTML of ace.html: a bar chart of every unit's ACE and a table of the `top` units by
+    ACE (unit, dissection label, IoU, ACE, class fraction ablated/inserted, exemplars,
+    before/after strips {unit: {"original"|"ablated"|"inserted": relative path}}); images are
+    linked when they exist under out_dir."""
+    out = Path(out_dir)
     strips = strips or {}
     ace = ranking.ace.tolist()
     order = ranking.order.tolist()
@@ -64,6 +66,12 @@ def write_ace_page(out_dir, lr: LayerResult, ranking, concept_name: str, *, unit
                      f"<td class=\"num\">{fmt(float(ranking.inserted[u]))}</td>"
                      f"<td>{ex_cell}</td><td>{ba_cell}</td></tr>")
     parts.append("</tbody></table>")
-    page = html_page(f"ACE on {concept_name}", "\n".join(parts))
+    return html_page(f"ACE on {concept_name}", "\n".join(parts))
+
+
+def write_ace_page(out_dir, lr: LayerResult, ranking, concept_name: str, **kw) -> Path:
+    """Write out_dir/ace.html (atomically); see ace_page."""
+    out = ensure_dir(out_dir)
+    page = ace_page(out, lr, ranking, concept_name, **kw)
     atomic_write(out, {ACE_FILE: lambda p: Path(p).write_text(page, encoding="utf-8")})
     return out / ACE_FILE

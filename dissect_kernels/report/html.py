@@ -11,7 +11,8 @@ from urllib.parse import quote
 
 from dissect_kernels.conventions import CONVENTIONS
 from dissect_kernels.report.plots import detector_bars, figure_svg, svg_data_uri
-from dissect_kernels.results import DissectionResult, LayerResult, atomic_write, ensure_dir, unit_rows
+from dissect_kernels.io import atomic_write, ensure_dir
+from dissect_kernels.results import DissectionResult, LayerResult, unit_rows
 
 REPORT_FILE = "report.html"
 esc = html.escape

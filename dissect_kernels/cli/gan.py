@@ -1,6 +1,6 @@
 """`dissect-kernels gan`: GAN dissection + ACE ranking of one layer. With no arguments it runs
 on the shipped tiny generator and its exact palette segmenter and writes results, report.html
-and ace.html. Register with add_gan_parser(subparsers); `python -m dissect_kernels.cli_gan` also works."""
+and ace.html (written once, all or nothing)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 
-def add_gan_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `gan` subcommand to an argparse subparsers object."""
     p = sub.add_parser("gan", help="dissect a generator and rank its units by causal effect",
                        description=__doc__.splitlines()[0])
@@ -39,7 +39,7 @@ def add_gan_parser(sub) -> argparse.ArgumentParser:
 
 def _load(args):
     from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
-    from dissect_kernels.cli import build_from_spec, load_model
+    from dissect_kernels.cli.common import build_from_spec, load_model
     if args.generator:
         gen = load_model(args.generator, args.weights, "--generator").eval()
         layer = args.layer
@@ -56,14 +56,24 @@ def _load(args):
     return gen, layer, seg
 
 
-def run_gan(args) -> int:
-    """Dissect, rank units by ACE for one concept, write results + report.html + ace.html."""
-    from dissect_kernels.ace import rank_units_by_ace
-    from dissect_kernels.generator import dissect_generator, make_z_sampler, segmenter_info
+def _ace_images(gen, layer, units: int, value, z) -> dict:
+    """Generated images of a few samples: unedited, and with each unit ablated / inserted."""
     from dissect_kernels.intervene import intervene
-    from dissect_kernels.report import write_report
-    from dissect_kernels.report.ace_page import save_image_strip, write_ace_page
-    from dissect_kernels.results import save_results
+    sets = torch.arange(units)[:, None]
+    with torch.no_grad():
+        return {"original": gen(z),
+                "ablated": intervene(gen, layer, sets, z, mode="ablate", chunk_size=8),
+                "inserted": intervene(gen, layer, sets, z, mode="insert", values=value.to(z.device),
+                                      chunk_size=8)}
+
+
+def run_gan(args) -> int:
+    """Dissect, rank units by ACE for one concept, write results + report.html + ace.html once."""
+    from dissect_kernels.ace import rank_units_by_ace
+    from dissect_kernels.generated import make_z_sampler, segmenter_info
+    from dissect_kernels.generator import dissect_generator, generated_exemplars
+    from dissect_kernels.report.ace_page import ACE_FILE, ace_page, save_image_strip
+    from dissect_kernels.report.gan import write_gan
 
     t0 = time.perf_counter()
     gen, layer, seg = _load(args)
@@ -77,35 +87,34 @@ def run_gan(args) -> int:
         raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
     result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
-                               out_dir=args.out, progress=progress, backend=args.backend,
+                               checkpoint_dir=args.out, progress=progress, backend=args.backend,
                                top_k=args.top_k, quantile_mode=args.quantile_mode)
     lr = result.layers[layer]
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
-                                batch_size=min(args.batch_size, 16), device=device, progress=progress)
-    # Before/after strips of every unit on a few samples (same z as the ranking), batched.
+                                batch_size=min(args.batch_size, 16), device=device, progress=progress,
+                                checkpoint_dir=args.out)
     z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
-    z = z_of(torch.arange(min(6, args.ace_samples)))
-    units = torch.arange(lr.num_units)[:, None]
-    with torch.no_grad():
-        original = save_image_strip(args.out, "images/ace/original.png", gen(z))
-        ablated = intervene(gen, layer, units, z, mode="ablate", chunk_size=8)
-        inserted = intervene(gen, layer, units, z, mode="insert", values=ranking.value.to(z.device), chunk_size=8)
-    strips = {u: {"original": original,
-                  "ablated": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_ablated.png", ablated[u]),
-                  "inserted": save_image_strip(args.out, f"images/ace/{concept}_unit_{u:04d}_inserted.png",
-                                               inserted[u])}
-              for u in range(lr.num_units)}
+    images = _ace_images(gen, layer, lr.num_units, ranking.value, z_of(torch.arange(min(6, args.ace_samples))))
     result.timing["ace"] = time.perf_counter() - t1
     top = ranking.order[:5].tolist()
-    lr.extra["ace"] = {"concept": concept, "page": "ace.html", "samples": ranking.num_samples,
+    lr.extra["ace"] = {"concept": concept, "page": ACE_FILE, "samples": ranking.num_samples,
                        "top_units": top, "top_ace": [round(float(ranking.ace[u]), 4) for u in top]}
-    save_results(args.out, result)
-    report = write_report(args.out, result, title="GAN dissection report")
-    page = write_ace_page(args.out, lr, ranking, concept, unit_base=result.unit_base, strips=strips)
+    strips: dict[int, dict[str, str]] = {}
+
+    def ace_strips(stage) -> None:
+        original = save_image_strip(stage, "images/ace/original.png", images["original"])
+        for u in range(lr.num_units):
+            strips[u] = {"original": original}
+            for kind in ("ablated", "inserted"):
+                strips[u][kind] = save_image_strip(stage, f"images/ace/{concept}_unit_{u:04d}_{kind}.png",
+                                                   images[kind][u])
+
+    exemplars = generated_exemplars(gen, seg, result, z_of, args.batch_size)
+    page = lambda stage: ace_page(stage, lr, ranking, concept, unit_base=result.unit_base, strips=strips)  # noqa: E731
+    write_gan(args.out, result, exemplars, pages={ACE_FILE: page}, strips=ace_strips)
     n_det = lr.num_detectors
     print(f"{layer}: {n_det}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
           f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
-    print(f"wrote {report} and {page} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {args.out / 'report.html'} and {args.out / ACE_FILE} in {time.perf_counter() - t0:.1f} s")
     return 0
-

@@ -3,23 +3,21 @@ Units of one layer are ranked per class by the balanced-accuracy drop when each 
 on the rank split (train); then each class's top-N units, and all but its top N, are zeroed on
 the eval split (val). With no arguments: the embedded SmallCNN (36 multi-label concept-presence
 outputs) on a fresh synthetic dataset, layer conv4. Writes ablation.safetensors / .csv / .json
-and ablation.html; `python -m dissect_kernels.cli_ablate` also works."""
+and ablation.html (dissect_kernels.report.ablation)."""
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from dissect_kernels.cli.common import load_model, load_weights, one_line, open_dataset
+from dissect_kernels.engine import dataset_identity
+
 DEFAULT_OUT = "ablation_results"
 DEFAULT_DATASET = "synthetic:300"
 DEFAULT_TOP_N = (1, 2, 3, 4, 5, 20, 64, 128, 256)
-FILES = ("ablation.safetensors", "ablation.csv", "ablation.json", "ablation.html")
-TABLE_UNITS = 10          # units per class in the HTML table and the CSV's top_units column
 CHUNK_BYTES = 448 << 20   # bound on one replicated layer output (edited copies of a batch)
 CACHE_BYTES = 1 << 30     # a split's decoded batches up to this size are kept for later passes
 
@@ -37,7 +35,7 @@ def parse_top_n(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(vals)))
 
 
-def add_ablate_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `ablate` subcommand to an argparse subparsers object."""
     p = sub.add_parser("ablate", help="per-class accuracy of a classifier with units ablated",
                        description=__doc__.split("\n\n")[0].replace("\n", " "))
@@ -73,13 +71,11 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
 
 
 class _Targets(torch.utils.data.Dataset):
-    """(image, multi-hot presence of the target concepts) for some rows of a BrodenDataset;
-    targets are remembered so the positives of a split can be counted after a pass."""
+    """(image, multi-hot presence of the target concepts) for some rows of a BrodenDataset."""
 
     def __init__(self, ds, rows: list[int], concept_ids: list[int]):
         self.ds, self.rows = ds, rows
         self.pos = {c: k for k, c in enumerate(concept_ids)}
-        self.cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -90,7 +86,6 @@ class _Targets(torch.utils.data.Dataset):
         for c in set(item["labels"].unique().tolist()) | set(item["image_labels"].tolist()):
             if c in self.pos:
                 y[self.pos[c]] = 1
-        self.cache[i] = y
         return item["image"], y
 
 
@@ -117,7 +112,6 @@ class _Replay:
 def _model(args):
     """(model, layer, target names) from the flags, checked before any data is written."""
     from dissect_kernels import hooks
-    from dissect_kernels.cli import load_model, load_weights, one_line
     from dissect_kernels.models import default_model_info, load_default_model
 
     if args.model:
@@ -176,125 +170,6 @@ def _chunk_size(model, layer, x, batch_size: int) -> int:
     return max(1, CHUNK_BYTES // max(1, per_sample * batch_size))
 
 
-def build_tables(res, rank, names, positives, top_units: int = TABLE_UNITS):
-    """Rows of ablation.csv (one per class) and the JSON summary's per-class entries."""
-    rows, per_class = [], []
-    for c, name in enumerate(names):
-        order = rank.ranking[c, :top_units].tolist()
-        pos = {int(u): i for i, u in enumerate(rank.units.tolist())}
-        drops = [float(rank.drop[pos[u], c]) for u in order]
-        row = {"class": c, "name": name, "positives": int(positives[c]),
-               "baseline_precision": float(res.baseline_precision[c]),
-               "baseline_recall": float(res.baseline_recall[c]),
-               "baseline_balanced": float(res.baseline_balanced[c])}
-        for t, n in enumerate(res.top_n.tolist()):
-            row[f"top{n}_balanced"] = float(res.topn_balanced[c, t])
-        for t, n in enumerate(res.top_n.tolist()):
-            row[f"allbut{n}_balanced"] = float(res.allbut_balanced[c, t])
-        row["top_units"] = " ".join(map(str, order))
-        row["top_unit_drops"] = " ".join(f"{d:.6g}" for d in drops)
-        rows.append(row)
-        per_class.append({**{k: v for k, v in row.items() if k not in ("top_units", "top_unit_drops")},
-                          "top_units": order, "rank_drop": drops})
-    return rows, per_class
-
-
-def _class_plot(res, c: int, name: str) -> str:
-    """SVG: balanced accuracy vs N, top-N ablated and all but the top N ablated."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from dissect_kernels.report.plots import PALETTE, figure_svg
-    fig = Figure(figsize=(4.2, 2.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    n = res.top_n.tolist()
-    ax.plot(n, res.topn_balanced[c].tolist(), "o-", color=PALETTE[3], label="top-N ablated")
-    ax.plot(n, res.allbut_balanced[c].tolist(), "s-", color=PALETTE[0], label="all but top-N ablated")
-    ax.axhline(float(res.baseline_balanced[c]), ls="--", color="gray", label="unablated")
-    ax.axhline(0.5, ls=":", color="#bbbbbb", lw=0.8)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(n, [str(v) for v in n], fontsize=7)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("N", fontsize=8)
-    ax.set_ylabel("balanced accuracy", fontsize=8)
-    ax.set_title(name, fontsize=9)
-    ax.legend(fontsize=6, frameon=False, loc="lower left")
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    fig.tight_layout()
-    return figure_svg(fig)
-
-
-def render_html(res, rank, names, rows, meta: dict) -> str:
-    """ablation.html: an overview bar chart of drops, then per class its top units (ranked on
-    the rank split) and balanced accuracy vs N (eval split), figures inline (offline)."""
-    from dissect_kernels.report.html import esc, fmt, html_page, meta_table
-    from dissect_kernels.report.plots import figure_svg, grouped_bar, svg_data_uri
-
-    ns = res.top_n.tolist()
-    show = [t for t, n in enumerate(ns) if n in (ns[0], 5)] or [0]
-    groups = [(f"top-{ns[t]} ablated", [(nm, float(res.baseline_balanced[c] - res.topn_balanced[c, t]))
-                                        for c, nm in enumerate(names)]) for t in show]
-    overview = grouped_bar(groups, ylabel="drop in balanced accuracy",
-                           title=f"{meta['layer']}: balanced-accuracy drop per class ({meta['eval_split']})")
-    parts = [f"<h1>Unit ablation: layer {esc(meta['layer'])}</h1>",
-             meta_table([(k, v) for k, v in meta.items() if k != "seconds"]),
-             "<p>Units are ranked per class by the drop in balanced accuracy ((recall + TNR) / 2) "
-             f"when each is zeroed alone, on the <b>{esc(meta['rank_split'])}</b> split; the top-N "
-             f"units, and all units but the top N, are then zeroed on the <b>{esc(meta['eval_split'])}"
-             "</b> split. Each output is a binary presence classifier (logit &gt; 0).</p>",
-             f'<img class="bargraph" alt="drop per class" src="{svg_data_uri(figure_svg(overview))}">']
-    for c, (nm, row) in enumerate(zip(names, rows)):
-        parts.append(f'<h2 id="class-{c}">{esc(nm)}</h2>')
-        parts.append(meta_table([("positives (eval)", row["positives"]),
-                                 ("precision / recall", f"{fmt(row['baseline_precision'])} / "
-                                                        f"{fmt(row['baseline_recall'])}"),
-                                 ("balanced accuracy", fmt(row["baseline_balanced"]))]))
-        parts.append(f'<img alt="balanced accuracy vs N for {esc(nm)}" '
-                     f'src="{svg_data_uri(_class_plot(res, c, nm))}">')
-        units = row["top_units"].split()
-        drops = row["top_unit_drops"].split()
-        pos = {int(u): i for i, u in enumerate(rank.units.tolist())}
-        trs = "".join(f"<tr><td class=\"num\">{i + 1}</td><td class=\"num\">{u}</td>"
-                      f"<td class=\"num\">{fmt(float(rank.single_balanced[pos[int(u)], c]))}</td>"
-                      f"<td class=\"num\">{fmt(float(d))}</td></tr>" for i, (u, d) in enumerate(zip(units, drops)))
-        parts.append('<table class="units sortable"><thead><tr><th>rank</th><th>unit</th>'
-                     f"<th>balanced acc. ablated ({esc(meta['rank_split'])})</th><th>drop</th></tr></thead>"
-                     f"<tbody>{trs}</tbody></table>")
-        nrows = "".join(f"<tr><td class=\"num\">{n}</td><td class=\"num\">{fmt(row[f'top{n}_balanced'])}</td>"
-                        f"<td class=\"num\">{fmt(row[f'allbut{n}_balanced'])}</td></tr>" for n in ns)
-        parts.append(f"<table class=\"units\"><thead><tr><th>N</th><th>top-N ablated</th>"
-                     f"<th>all but top-N ablated</th></tr></thead><tbody>{nrows}</tbody></table>")
-    return html_page(f"Unit ablation: {meta['layer']}", "\n".join(parts))
-
-
-def write_outputs(out: Path, res, rank, names, positives, meta: dict) -> list[Path]:
-    """All four files at once (temp files + os.replace; none are replaced on error)."""
-    from safetensors.torch import save_file
-
-    from dissect_kernels.results import atomic_write, ensure_dir
-    out = ensure_dir(out)
-    rows, per_class = build_tables(res, rank, names, positives)
-    state = res.state_dict()
-    for k, v in rank.state_dict().items():   # the ranking run (single-unit ablation, rank split)
-        if k.startswith(("single_", "baseline_", "drop")) or k == "num_samples":
-            state[f"rank_{k}"] = v
-    state["positives"] = positives.to(torch.int64).contiguous()
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    summary = {**meta, "classes": per_class}
-    page = render_html(res, rank, names, rows, meta)
-    return atomic_write(out, {
-        "ablation.safetensors": lambda p: save_file(state, str(p), metadata={"classes": json.dumps(names)}),
-        "ablation.csv": lambda p: Path(p).write_text(buf.getvalue(), encoding="utf-8"),
-        "ablation.json": lambda p: Path(p).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8"),
-        "ablation.html": lambda p: Path(p).write_text(page, encoding="utf-8")})
-
-
 def print_table(res, names, rows, n_show: int = 12) -> None:
     """The classes whose balanced accuracy drops most with their top units ablated."""
     ns = res.top_n.tolist()
@@ -314,8 +189,8 @@ def print_table(res, names, rows, n_show: int = 12) -> None:
 
 def run_ablate(args) -> int:
     """Rank units on the rank split, evaluate top-N / all-but-top-N on the eval split, write files."""
-    from dissect_kernels.cli import open_dataset
     from dissect_kernels.ablation import classifier_ablation
+    from dissect_kernels.report.ablation import build_tables, write_ablation
 
     t0 = time.perf_counter()
     if args.batch_size < 1:
@@ -337,25 +212,25 @@ def run_ablate(args) -> int:
     if probe.dim() != 2 or probe.shape[1] != len(names):
         raise SystemExit(f"the model outputs shape {tuple(probe.shape)} but {len(names)} targets were "
                          "given: it must output one logit per target, [B, len(targets)]")
-    chunk = _chunk_size(model, layer, x, args.batch_size)
+    common = dict(num_classes=len(names), progress=not args.quiet, multilabel=True,
+                  chunk_size=_chunk_size(model, layer, x, args.batch_size), checkpoint_dir=out)
+    data = {"dataset": dataset_identity(ds), "targets": names, "batch_size": args.batch_size}
     t1 = time.perf_counter()
     # Rank on the rank split (its own top-N pass is kept to N=1: the eval split is what counts).
-    rank = classifier_ablation(model, layer, rank_loader, num_classes=len(names), top_n=(1,),
-                               progress=not args.quiet, chunk_size=chunk, multilabel=True)
-    res = classifier_ablation(model, layer, eval_loader, num_classes=len(names), top_n=args.top_n,
-                              progress=not args.quiet, ranking=rank.ranking, chunk_size=chunk,
-                              multilabel=True)
+    rank = classifier_ablation(model, layer, rank_loader, top_n=(1,), checkpoint_name="ablate-rank",
+                               checkpoint_key={**data, "split": args.rank_split}, **common)
+    res = classifier_ablation(model, layer, eval_loader, top_n=args.top_n, ranking=rank.ranking,
+                              checkpoint_name="ablate-eval",
+                              checkpoint_key={**data, "split": args.eval_split}, **common)
     t2 = time.perf_counter()
-    positives = torch.stack([eval_data.cache[i] for i in range(len(eval_data))]).sum(0)
     meta = {"model": args.model or "embedded SmallCNN (dissect_kernels.models.load_default_model)",
             "layer": layer, "units": int(rank.units.numel()), "dataset": args.dataset,
             "dataset_root": str(ds.root), "rank_split": args.rank_split, "eval_split": args.eval_split,
             "rank_images": rank.num_samples, "eval_images": res.num_samples,
             "top_n": res.top_n.tolist(), "decision": "multi-label: logit > 0",
             "seconds": {"ablation": round(t2 - t1, 2)}}
-    paths = write_outputs(out, res, rank, names, positives, meta)
-    print_table(res, names, build_tables(res, rank, names, positives)[0])
+    paths = write_ablation(out, res, rank, names, res.positives, meta)
+    print_table(res, names, build_tables(res, rank, names, res.positives)[0])
     print(f"\nresults: {', '.join(str(p) for p in paths[:3])}")
     print(f"report:  {paths[3].resolve()}  ({time.perf_counter() - t0:.1f} s)")
     return 0
-

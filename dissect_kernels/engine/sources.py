@@ -1,0 +1,156 @@
+"""Where a pass's batches come from. A source knows its length, hands out batches from a given
+batch on (so a resumed pass lines up with what it already counted), takes its shard of the data
+for a rank, and counts the samples it skipped (by reason).
+
+- DatasetSource: a labelled (Broden-style) dataset through the skip-counting SampleLoader;
+- IndexSource: sample indices 0..N-1 turned into inputs by a function (a generator's z);
+- LoaderSource: any iterable of batches (a user's DataLoader), converted by a function."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch.utils.data import Subset
+
+from dissect_kernels import distributed as ddp
+
+
+@dataclass
+class Batch:
+    """Model inputs, dataset indices [B] (int64) and named extra fields (labels, targets...)."""
+
+    inputs: Any
+    indices: torch.Tensor
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
+class DatasetSource:
+    """Batches of a map-style labelled dataset: images, labels, image_labels, indices. Corrupt
+    samples are skipped and counted; a convention's dropped categories are filtered."""
+
+    def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
+                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False):
+        from dissect_kernels.data.loading import SampleLoader
+        self.dataset, self.meta = dataset, meta if meta is not None else dataset
+        self.options = dict(batch_size=batch_size, num_workers=num_workers,
+                            drop_categories=drop_categories, pin_memory=pin_memory)
+        self.loader = SampleLoader(dataset, meta=self.meta, **self.options)
+
+    def shard(self, rank: int, world: int) -> "DatasetSource":
+        if world == 1:
+            return self
+        part = Subset(self.dataset, ddp.shard_indices(len(self.dataset), rank, world))
+        return DatasetSource(part, meta=self.meta, **self.options)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, start: int) -> Iterator[Batch | None]:
+        for b in self.loader.iterate(start_batch=start):
+            yield None if b is None else Batch(
+                b.images, b.indices, {"labels": b.labels, "image_labels": b.image_labels})
+
+    def skips(self) -> dict[str, dict[int, str]]:
+        return {"unreadable": dict(self.loader.skipped),
+                "no labels in the convention's categories":
+                    {i: "filtered" for i in sorted(self.loader.filtered)}}
+
+    def restore_skips(self, skips: dict[str, dict[int, str]]) -> None:
+        self.loader.skipped.update(skips.get("unreadable", {}))
+        self.loader.filtered.update(skips.get("no labels in the convention's categories", {}))
+
+
+class IndexSource:
+    """Sample indices (a range or a list) in batches; `make_inputs(indices)` builds the model's
+    inputs (e.g. z vectors that depend only on the index). Batches are built lazily: O(batch)
+    memory for any number of samples."""
+
+    def __init__(self, samples: "int | range | Iterable[int]", make_inputs: Callable, *,
+                 batch_size: int = 32):
+        samples = range(samples) if isinstance(samples, int) else samples
+        if not (isinstance(samples, range) and samples.step == 1):
+            samples = torch.as_tensor(list(samples), dtype=torch.int64)
+        self.samples, self.make_inputs, self.batch_size = samples, make_inputs, int(batch_size)
+
+    def shard(self, rank: int, world: int) -> "IndexSource":
+        if world == 1:
+            return self
+        n = len(self.samples)
+        part = self.samples[n * rank // world: n * (rank + 1) // world]
+        return IndexSource(part, self.make_inputs, batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+    def batches(self, start: int) -> Iterator[Batch]:
+        for s in range(start * self.batch_size, len(self.samples), self.batch_size):
+            part = self.samples[s:s + self.batch_size]
+            idx = torch.arange(part.start, part.stop) if isinstance(part, range) else part
+            yield Batch(self.make_inputs(idx), idx)
+
+    def skips(self) -> dict[str, dict[int, str]]:
+        return {}
+
+    def restore_skips(self, skips) -> None:
+        pass
+
+
+class LoaderSource:
+    """Batches of any re-iterable loader (e.g. a DataLoader); `convert(item)` returns
+    (inputs, data fields). Indices count samples in loader order. The caller shards the loader
+    itself (shard() keeps it whole); a resume skips the batches already counted by iterating
+    past them, so the loader must yield the same batches in the same order every time."""
+
+    def __init__(self, loader, convert: Callable[[Any], tuple[Any, dict]]):
+        self.loader, self.convert = loader, convert
+
+    def shard(self, rank: int, world: int) -> "LoaderSource":
+        return self
+
+    def __len__(self) -> int:
+        try:
+            return len(self.loader)
+        except TypeError:
+            return 0
+
+    @property
+    def num_samples(self) -> int:
+        ds = getattr(self.loader, "dataset", None)
+        try:
+            return len(ds) if ds is not None else 0
+        except TypeError:
+            return 0
+
+    def batches(self, start: int) -> Iterator[Batch]:
+        seen = 0
+        for i, item in enumerate(self.loader):
+            inputs, data = self.convert(item)
+            B = _rows(inputs)
+            if i >= start:
+                yield Batch(inputs, torch.arange(seen, seen + B), data)
+            seen += B
+
+    def skips(self) -> dict[str, dict[int, str]]:
+        return {}
+
+    def restore_skips(self, skips) -> None:
+        pass
+
+
+def _rows(inputs) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0])
+    first = next(iter(inputs.values() if isinstance(inputs, dict) else inputs))
+    return int(first.shape[0])
