@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -62,14 +63,9 @@ class Geometry:
         """Resolve a geometry name ("half-pixel", "align-corners", "zero-pad") or pass through."""
         if isinstance(name, Geometry):
             return name
-        presets = {
-            "half-pixel": Geometry(_half_pixel, _half_pixel, "clamp", "half-pixel"),
-            "align-corners": Geometry(_align_corners, _align_corners, "clamp", "align-corners"),
-            "zero-pad": Geometry(_half_pixel, _half_pixel, "zero", "zero-pad"),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown geometry {name!r}; expected one of {sorted(presets)} or a Geometry")
-        return presets[name]
+        if name not in PRESETS:
+            raise ValueError(f"unknown geometry {name!r}; expected one of {sorted(PRESETS)} or a Geometry")
+        return PRESETS[name]
 
     @staticmethod
     def affine(scale_y: float, offset_y: float, scale_x: float, offset_x: float,
@@ -94,6 +90,40 @@ class Geometry:
         """(y table, x table) for resampling a src_hw map to dst_hw."""
         return (axis_table(*self.rule_y(src_hw[0], dst_hw[0]), src_hw[0], dst_hw[0], self.boundary),
                 axis_table(*self.rule_x(src_hw[1], dst_hw[1]), src_hw[1], dst_hw[1], self.boundary))
+
+    def affine_maps(self, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> "AffineMaps":
+        """The computed (scale, offset) per axis and the boundary: everything the tables depend
+        on besides the sizes, as plain numbers (a cache key, and what the custom ops take)."""
+        sy, oy = self.rule_y(src_hw[0], dst_hw[0])
+        sx, ox = self.rule_x(src_hw[1], dst_hw[1])
+        return AffineMaps(float(sy), float(oy), float(sx), float(ox), self.boundary)
+
+
+class AffineMaps(NamedTuple):
+    """One resampling's per-axis maps x_src = scale * x_dst + offset and its boundary policy."""
+
+    scale_y: float
+    offset_y: float
+    scale_x: float
+    offset_x: float
+    boundary: str
+
+
+PRESETS = {
+    "half-pixel": Geometry(_half_pixel, _half_pixel, "clamp", "half-pixel"),
+    "align-corners": Geometry(_align_corners, _align_corners, "clamp", "align-corners"),
+    "zero-pad": Geometry(_half_pixel, _half_pixel, "zero", "zero-pad"),
+}
+
+
+@lru_cache(maxsize=256)
+def device_tables(maps: AffineMaps, src_hw: tuple[int, int], dst_hw: tuple[int, int],
+                  device: torch.device) -> tuple[AxisTable, AxisTable]:
+    """(y table, x table) on `device`, built and copied once per (maps, sizes, device): the ops
+    call this for every batch. Callers must not modify the returned tensors."""
+    ytab = axis_table(maps.scale_y, maps.offset_y, src_hw[0], dst_hw[0], maps.boundary)
+    xtab = axis_table(maps.scale_x, maps.offset_x, src_hw[1], dst_hw[1], maps.boundary)
+    return ytab.to(device), xtab.to(device)
 
 
 def axis_table(scale: float, offset: float, n_src: int, n_dst: int, boundary: str) -> AxisTable:

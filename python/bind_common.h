@@ -9,6 +9,7 @@
 #include "dissect_kernels/tail_sketch.h"
 #include "dissect_kernels/quantile.h"
 #include "dissect_kernels/tally.h"
+#include "dissect_kernels/upsample.h"
 
 namespace dissect_kernels::bind {
 namespace py = pybind11;
@@ -52,6 +53,22 @@ inline TallyArgs tally_args(const py::dict& d) {
   a.active = ptr<int64_t>(d, "active");
   a.max = ptr<float>(d, "max");
   a.touched = ptr<uint8_t>(d, "touched");
+  return a;
+}
+
+inline UpsampleArgs upsample_args(const py::dict& d) {
+  UpsampleArgs a;
+  a.acts = ptr<const void>(d, "acts");
+  a.acts_dtype = static_cast<DType>(d["acts_dtype"].cast<int>());
+  a.B = d["B"].cast<int64_t>();
+  a.U = d["U"].cast<int64_t>();
+  a.h = d["h"].cast<int64_t>();
+  a.w = d["w"].cast<int64_t>();
+  auto st = d["acts_stride"].cast<std::vector<int64_t>>();
+  for (int i = 0; i < 4; ++i) a.acts_stride[i] = st.at(i);
+  a.ytab = axis_table(d, "ytab", d["H"].cast<int64_t>());
+  a.xtab = axis_table(d, "xtab", d["W"].cast<int64_t>());
+  a.out = ptr<float>(d, "out");
   return a;
 }
 

@@ -13,6 +13,11 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     tally_cpu(args);
   }, py::arg("spec"), py::arg("stream") = 0, "Fused upsample-threshold-intersect (see tally.h).");
+  m.def("upsample", [](const py::dict& spec, std::int64_t /*stream*/) {
+    UpsampleArgs args = bind::upsample_args(spec);
+    py::gil_scoped_release release;
+    upsample_cpu(args);
+  }, py::arg("spec"), py::arg("stream") = 0, "The tally's bilinear upsampling, materialised (see upsample.h).");
   m.def("tail_sketch_update", [](const py::dict& state, std::int64_t x, std::int64_t n, std::int64_t ld) {
     TailSketchState s = bind::tail_sketch_state(state);
     py::gil_scoped_release release;

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "bind_common.h"
+#include "dissect_kernels/cuda_build.h"
 
 namespace py = pybind11;
 using namespace dissect_kernels;
@@ -15,6 +16,16 @@ PYBIND11_MODULE(_cuda, m) {
     py::gil_scoped_release release;
     tally_cuda(args, static_cast<std::intptr_t>(stream));
   }, py::arg("spec"), py::arg("stream") = 0, "Fused upsample-threshold-intersect (see tally.h).");
+  m.def("upsample", [](const py::dict& spec, std::int64_t stream) {
+    UpsampleArgs args = bind::upsample_args(spec);
+    py::gil_scoped_release release;
+    upsample_cuda(args, static_cast<std::intptr_t>(stream));
+  }, py::arg("spec"), py::arg("stream") = 0, "The tally's bilinear upsampling, materialised (see upsample.h).");
+  m.def("built_archs", &cuda_built_archs, "Compute capabilities compiled (10*major + minor), SASS + PTX each.");
+  m.def("runtime_version", &cuda_runtime_version, "CUDA runtime version linked statically (1000*major + 10*minor).");
+  m.def("driver_version", &cuda_driver_version, "CUDA version the installed driver supports; 0 without a driver.");
+  m.def("device_problem", &cuda_device_problem, py::arg("device"),
+        "'' when this build's kernels load on the device, else the driver's reason.");
   m.def("device_count", []() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -1,7 +1,7 @@
 """dk.edit: the intervention rule x <- x*(1-alpha) + value*alpha (GAN Dissection's ablation /
 insertion), fused into one pass with alpha and value broadcast through strides.
 
-Backends: "triton" (CUDA; CPU only under TRITON_INTERPRET=1), "cpu" (torch's vectorised
+Backends: "triton" (CUDA; CPU tensors run in Triton's interpreter), "cpu" (torch's vectorised
 expression updated in place on one fp32 buffer: the rule is memory-bound and torch's loops
 already stream at bandwidth, so there is no C++ kernel), "reference" (the oracle). "auto":
 cpu on CPU tensors, triton on CUDA (reference if triton is missing)."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dissect_kernels import _native
-from dissect_kernels.ops import _checks
+from dissect_kernels.ops import _checks, _library
 
 BACKENDS = ("cpu", "triton", "reference")
 
@@ -30,15 +30,28 @@ def edit(x: torch.Tensor, alpha, value=0.0, *, backend: str = "auto") -> torch.T
     if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad or v.requires_grad):
         from dissect_kernels.reference.edit import edit as differentiable
         return differentiable(x, a, v)
+    _native.check_name(backend, BACKENDS)
+    return torch.ops.dissect_kernels.edit(x, a, v, backend)
+
+
+def _edit_impl(x, alpha, value, backend):
+    """torch.ops.dissect_kernels.edit: a new tensor (alpha, value: float32, broadcastable)."""
     name = _resolve(backend, x.device)
     if name == "reference":
         from dissect_kernels.reference.edit import edit as run
-        return run(x, a, v)
+        return run(x, alpha, value)
     if name == "cpu":
-        return _torch_edit(x, a, v)
+        return _torch_edit(x, alpha, value)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _triton(x, a, v, out)
+    _triton(x, alpha, value, out)
     return out
+
+
+def _edit_fake(x, alpha, value, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+_library.define("edit(Tensor x, Tensor alpha, Tensor value, str backend) -> Tensor", _edit_impl, _edit_fake)
 
 
 def edit_(x: torch.Tensor, alpha, value=0.0, *, backend: str = "auto") -> torch.Tensor:
@@ -88,18 +101,9 @@ def _broadcasts(small: tuple, big: tuple) -> bool:
 
 
 def _resolve(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        if device.type == "cpu":
-            return "cpu"
-        return "triton" if _native.available("triton", device) else "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
-    if backend == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"backend 'cpu' cannot run on {device}: it needs CPU tensors")
-    if backend == "triton" and not _native.available("triton", device):
-        raise RuntimeError(f"backend 'triton' cannot run on {device}: it needs the triton package "
-                           "and CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
-    return backend
+    """auto: cpu on CPU tensors, else triton (reference when triton cannot run, logged once).
+    The "cpu" backend is torch code here: it needs CPU tensors, not the _C module."""
+    return _native.resolve(backend, device, BACKENDS, pure_torch=("cpu",))
 
 
 def _torch_edit(x, a, v):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dissect_kernels import _native
-from dissect_kernels.ops import _checks
+from dissect_kernels.ops import _checks, _library
 
 BACKENDS = ("torch", "reference")
 
@@ -42,7 +42,7 @@ def label_stats(labels: torch.Tensor, image_labels: torch.Tensor | None = None, 
     categories in [0, num_categories) and asks for `present`.
     """
     labels, image_labels, category_of = _checks.label_inputs(labels, image_labels, category_of)
-    device = _checks.same_device(labels=labels, image_labels=image_labels, category_of=category_of)
+    _checks.same_device(labels=labels, image_labels=image_labels, category_of=category_of)
     B, L, H, W = labels.shape
     if not isinstance(num_concepts, int) or num_concepts < 1:
         raise ValueError(f"num_concepts must be a positive int, got {num_concepts!r}")
@@ -50,21 +50,51 @@ def label_stats(labels: torch.Tensor, image_labels: torch.Tensor | None = None, 
         raise ValueError(f"image_labels has batch size {image_labels.shape[0]} but labels has {B}")
     if min(B, L, H, W) == 0:
         raise ValueError(f"empty input: labels {tuple(labels.shape)}")
-    _checks.ids_in_range("labels", labels, num_concepts)
-    _checks.ids_in_range("image_labels", image_labels, num_concepts)
     K = None
     if category_of is not None:
         if category_of.shape[0] != num_concepts:
             raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")
-        K = int(num_categories) if num_categories is not None else int(category_of.max()) + 1
-        _checks.ids_in_range("category_of", category_of, K, "num_categories")
+        if num_categories is not None:
+            K = int(num_categories)
+        elif torch.compiler.is_compiling():
+            raise ValueError("under torch.compile / torch.export pass num_categories with category_of")
+        else:
+            K = int(category_of.max()) + 1
     elif num_categories is not None:
         raise ValueError("num_categories was given without category_of")
+    _native.check_name(backend, BACKENDS)
+    pixels, present = torch.ops.dissect_kernels.label_stats(
+        labels, image_labels, category_of, num_concepts, K or 0, per_layer, backend)
+    return LabelStats(pixels, None if K is None else present, H * W)
 
-    name = _native.resolve(backend, device, BACKENDS)
-    out = LabelStats.empty(B, num_concepts, K, H * W, device)
+
+def _label_stats_impl(labels, image_labels, category_of, num_concepts, num_categories,
+                      per_layer, backend):
+    """torch.ops.dissect_kernels.label_stats: value checks, backend choice, fresh outputs."""
+    _checks.ids_in_range("labels", labels, num_concepts)
+    _checks.ids_in_range("image_labels", image_labels, num_concepts)
+    K = num_categories if category_of is not None else None
+    if K is not None:
+        _checks.ids_in_range("category_of", category_of, K, "num_categories")
+    name = _native.resolve(backend, labels.device, BACKENDS)
+    B, _, H, W = labels.shape
+    out = LabelStats.empty(B, num_concepts, K, H * W, labels.device)
     label_stats_into(name, labels, image_labels, num_concepts, per_layer, category_of, out)
-    return out
+    present = out.present if K is not None else labels.new_empty((B, 0), dtype=torch.bool)
+    return out.pixels, present
+
+
+def _label_stats_fake(labels, image_labels, category_of, num_concepts, num_categories,
+                      per_layer, backend):
+    B = labels.shape[0]
+    K = num_categories if category_of is not None else 0
+    return (labels.new_empty((B, num_concepts), dtype=torch.int64),
+            labels.new_empty((B, K), dtype=torch.bool))
+
+
+_library.define("label_stats(Tensor labels, Tensor? image_labels, Tensor? category_of, "
+                "int num_concepts, int num_categories, bool per_layer, str backend) -> (Tensor, Tensor)",
+                _label_stats_impl, _label_stats_fake)
 
 
 def label_stats_into(backend: str, labels, image_labels, num_concepts: int, per_layer: bool,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from dissect_kernels import _native
-from dissect_kernels.geometry import AxisTable, Geometry
-from dissect_kernels.ops import _checks
+from dissect_kernels.geometry import AffineMaps, AxisTable, Geometry, device_tables
+from dissect_kernels.ops import _checks, _library
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -46,13 +46,15 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
     [B, H, W] integer ids in [0, num_concepts), 0 = unlabelled; image_labels [B, M] or None.
     per_layer counts a pixel once per layer holding c (NetDissect), else once (any layer).
     category_of [C] (ids in [0, num_categories)) asks for the `touched` output.
+    Runs as torch.ops.dissect_kernels.tally (torch.compile / torch.export see one node); the
+    returned intersection is new (add it to a running total yourself).
     """
     acts = _checks.tensor("acts", acts, ndim=4, dtypes=_checks.FLOAT_DTYPES)
     thresholds = _checks.tensor("thresholds", thresholds, ndim=1,
                                 dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16))
     labels, image_labels, category_of = _checks.label_inputs(labels, image_labels, category_of)
-    device = _checks.same_device(acts=acts, thresholds=thresholds, labels=labels,
-                                 image_labels=image_labels, category_of=category_of)
+    _checks.same_device(acts=acts, thresholds=thresholds, labels=labels,
+                        image_labels=image_labels, category_of=category_of)
     B, U, h, w = acts.shape
     _, L, H, W = labels.shape
     if not isinstance(num_concepts, int) or isinstance(num_concepts, bool) or num_concepts < 1:
@@ -65,29 +67,75 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
         raise ValueError(f"image_labels has batch size {image_labels.shape[0]} but acts has {B}")
     if min(B, U, h, w, L, H, W) == 0:
         raise ValueError(f"empty input: acts {tuple(acts.shape)}, labels {tuple(labels.shape)}")
+    K = _num_categories(category_of, num_categories, num_concepts)
+    _native.check_name(backend, BACKENDS)
+    maps = Geometry.named(geometry).affine_maps((h, w), (H, W))
+    inter, active, amax, touched = torch.ops.dissect_kernels.tally(
+        acts, thresholds, labels, image_labels, category_of, num_concepts, K or 0, per_layer,
+        *maps, backend)
+    return TallyResult(inter, active, amax, None if K is None else touched)
+
+
+def _num_categories(category_of, num_categories, num_concepts) -> int | None:
+    """K for the `touched` output (None without category_of); category_of.max() + 1 unless
+    given (torch.compile needs it given: output shapes cannot depend on values)."""
+    if category_of is None:
+        if num_categories is not None:
+            raise ValueError("num_categories was given without category_of; pass category_of [C] "
+                             "to get the `touched` output")
+        return None
+    if category_of.shape[0] != num_concepts:
+        raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")
+    if num_categories is not None:
+        return int(num_categories)
+    if torch.compiler.is_compiling():
+        raise ValueError("under torch.compile / torch.export pass num_categories with category_of")
+    return int(category_of.max()) + 1
+
+
+def _tally_impl(acts, thresholds, labels, image_labels, category_of, num_concepts,
+                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+    """torch.ops.dissect_kernels.tally: value checks (they read the data, so they run here,
+    inside compiled graphs too), backend choice, then one backend on fresh outputs."""
     _checks.not_nan("thresholds", thresholds)
     _checks.not_nan("acts", acts)
     _checks.ids_in_range("labels", labels, num_concepts)
     _checks.ids_in_range("image_labels", image_labels, num_concepts)
-    K = None
-    if category_of is None and num_categories is not None:
-        raise ValueError("num_categories was given without category_of; pass category_of [C] "
-                         "to get the `touched` output")
-    if category_of is not None:
-        if category_of.shape[0] != num_concepts:
-            raise ValueError(f"category_of has {category_of.shape[0]} entries, expected num_concepts={num_concepts}")
-        K = int(num_categories) if num_categories is not None else int(category_of.max()) + 1
+    K = num_categories if category_of is not None else None
+    if K is not None:
         _checks.ids_in_range("category_of", category_of, K, "num_categories")
-
+    device = acts.device
     name = _native.resolve(backend, device, BACKENDS)
-    ytab, xtab = (t.to(device) for t in Geometry.named(geometry).tables((h, w), (H, W)))
-    labels32 = labels.to(torch.int32).contiguous()
-    image32 = None if image_labels is None else image_labels.to(torch.int32).contiguous()
-    cat32 = None if category_of is None else category_of.to(torch.int32).contiguous()
-    out = TallyResult.empty(B, U, num_concepts, K, device)
-    tally_into(name, acts, thresholds.float().contiguous(), labels32, image32, ytab, xtab,
-               num_concepts, per_layer, cat32, K, out)
-    return out
+    (B, U, h, w), (H, W) = acts.shape, labels.shape[2:]
+    ytab, xtab = device_tables(AffineMaps(scale_y, offset_y, scale_x, offset_x, boundary),
+                               (h, w), (H, W), device)
+    out = TallyResult.empty(B, U, num_concepts, K if K is not None else 0, device)
+    tally_into(name, acts, thresholds.float().contiguous(), labels.to(torch.int32).contiguous(),
+               None if image_labels is None else image_labels.to(torch.int32).contiguous(),
+               ytab, xtab, num_concepts, per_layer,
+               None if K is None else category_of.to(torch.int32).contiguous(), K,
+               _without_touched(out, K))
+    return out.intersection, out.active, out.max, out.touched
+
+
+def _without_touched(out: TallyResult, K) -> TallyResult:
+    return out if K is not None else TallyResult(out.intersection, out.active, out.max, None)
+
+
+def _tally_fake(acts, thresholds, labels, image_labels, category_of, num_concepts,
+                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+    B, U = acts.shape[:2]
+    K = num_categories if category_of is not None else 0
+    return (acts.new_empty((U, num_concepts), dtype=torch.int64),
+            acts.new_empty((B, U), dtype=torch.int64), acts.new_empty((B, U), dtype=torch.float32),
+            acts.new_empty((B, U, K), dtype=torch.uint8))
+
+
+_library.define(
+    "tally(Tensor acts, Tensor thresholds, Tensor labels, Tensor? image_labels, Tensor? category_of, "
+    "int num_concepts, int num_categories, bool per_layer, float scale_y, float offset_y, "
+    "float scale_x, float offset_x, str boundary, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    _tally_impl, _tally_fake)
 
 
 def tally_into(backend: str, acts, thresholds, labels, image_labels, ytab: AxisTable,

@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dissect_kernels.triton import launch
+
 BLOCK = 1024
 
 
@@ -48,6 +50,6 @@ def edit_into(x: torch.Tensor, alpha: torch.Tensor, value: torch.Tensor, out: to
         return
     _, D1, D2, D3 = x.shape
     grid = (triton.cdiv(n, BLOCK),)
-    _edit_kernel[grid](x, alpha, value, out, n, D1, D2, D3,
+    launch(_edit_kernel, grid, x, alpha, value, out, n, D1, D2, D3,
                        *x.stride(), *alpha.stride(), *value.stride(), *out.stride(),
                        OUT_BF16=out.dtype == torch.bfloat16, BLOCK=BLOCK, enable_fp_fusion=False)

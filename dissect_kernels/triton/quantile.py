@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dissect_kernels.triton import launch
+
 BLOCK_I = 64      # samples per filter tile
 BLOCK_U = 32      # units per filter tile
 BLOCK_C = 1024    # buffer entries per compaction step
@@ -102,8 +104,8 @@ def quantile_filter(x3: torch.Tensor, st, target: int) -> None:
     sg, su, ss = x3.stride()
     for i0 in range(0, total, chunk):
         i1 = min(total, i0 + chunk)
-        _compact_kernel[(U,)](st.buffer, st.kept, st.cut, cap - (i1 - i0), target, CAP=cap,
-                              BLOCK=min(BLOCK_C, triton.next_power_of_2(cap)))
+        launch(_compact_kernel, (U,), st.buffer, st.kept, st.cut, cap - (i1 - i0), target, CAP=cap,
+               BLOCK=min(BLOCK_C, triton.next_power_of_2(cap)))
         grid = (triton.cdiv(i1 - i0, BLOCK_I), triton.cdiv(U, BLOCK_U))
-        _filter_kernel[grid](x3, i0, i1, S, sg, su, ss, U, st.buffer, cap, st.kept, st.cut,
-                             st.nan_count, BLOCK_I=BLOCK_I, BLOCK_U=BLOCK_U)
+        launch(_filter_kernel, grid, x3, i0, i1, S, sg, su, ss, U, st.buffer, cap, st.kept, st.cut,
+               st.nan_count, BLOCK_I=BLOCK_I, BLOCK_U=BLOCK_U)

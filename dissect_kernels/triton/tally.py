@@ -7,6 +7,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from dissect_kernels.triton import launch
+
 from dissect_kernels.geometry import AxisTable
 
 # fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
@@ -132,7 +134,7 @@ def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: Ax
     bp = block_p or min(128, max(16, triton.next_power_of_2(H * W)))
     bs = min(64, max(16, triton.next_power_of_2(max(h * w, H, W))))
     grid = (B, triton.cdiv(U, bu))
-    _tally_kernel[grid](
+    launch(_tally_kernel, grid,
         acts, *acts.stride(), thresholds, labels,
         image_labels if image_labels is not None else labels,
         *ytab, *xtab,

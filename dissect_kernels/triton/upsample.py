@@ -1,0 +1,49 @@
+"""Triton upsample: one program per (map, block of output pixels); the four taps of each pixel
+are gathered from the tiny source map, blended in upsample.h's exact fp32 order (launched with
+enable_fp_fusion=False, so no FMA) and written as fp32."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from dissect_kernels.geometry import AxisTable
+from dissect_kernels.triton import launch
+
+BLOCK = 1024
+
+
+@triton.jit
+def _upsample_kernel(acts, s0, s1, s2, s3, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1, out,
+                     U, W, HW, BLOCK: tl.constexpr):
+    m = tl.program_id(0).to(tl.int64)       # map index b * U + u
+    p = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pm = p < HW
+    y = p // W
+    x = p % W
+    base = acts + (m // U) * s0 + (m % U) * s1
+    row0 = base + tl.load(yi0 + y, mask=pm, other=0).to(tl.int64) * s2
+    row1 = base + tl.load(yi1 + y, mask=pm, other=0).to(tl.int64) * s2
+    col0 = tl.load(xi0 + x, mask=pm, other=0).to(tl.int64) * s3
+    col1 = tl.load(xi1 + x, mask=pm, other=0).to(tl.int64) * s3
+    wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
+    wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
+    a00 = tl.load(row0 + col0, mask=pm, other=0.0).to(tl.float32)
+    a01 = tl.load(row0 + col1, mask=pm, other=0.0).to(tl.float32)
+    a10 = tl.load(row1 + col0, mask=pm, other=0.0).to(tl.float32)
+    a11 = tl.load(row1 + col1, mask=pm, other=0.0).to(tl.float32)
+    r0 = wx0 * a00 + wx1 * a01
+    r1 = wx0 * a10 + wx1 * a11
+    v = tl.load(yw0 + y, mask=pm, other=0.0) * r0 + tl.load(yw1 + y, mask=pm, other=0.0) * r1
+    tl.store(out + m * HW + p, v, mask=pm)
+
+
+def upsample_into(acts, ytab: AxisTable, xtab: AxisTable, out) -> None:
+    """Write the upsampled acts [B, U, h, w] (any strides, fp32/16/bf16) into out, a
+    contiguous fp32 [B, U, H, W] on the same device as the tables."""
+    B, U = acts.shape[:2]
+    H, W = out.shape[2:]
+    if B * U == 0 or H * W == 0:
+        return
+    grid = (B * U, triton.cdiv(H * W, BLOCK))
+    launch(_upsample_kernel, grid, acts, *acts.stride(), *ytab, *xtab, out, U, W, H * W,
+           BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
