@@ -12,6 +12,7 @@ from dissect_kernels.report.ablation import plot_ablation
 from dissect_kernels.ops.label_stats import LabelStats, label_stats
 from dissect_kernels.ops.segment_stats import segment_stats
 from dissect_kernels.ops.tally import TallyResult, tally
+from dissect_kernels.ops.upsample import upsample
 from dissect_kernels.io import load_results, save_results
 from dissect_kernels.results import DissectionResult, LayerResult
 from dissect_kernels.stats.iou_tally import IoUTally
@@ -24,6 +25,6 @@ __all__ = [
     "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
     "LayerResult", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
-    "run_layers", "save_results", "segment_stats", "tally",
+    "run_layers", "save_results", "segment_stats", "tally", "upsample",
 ]
 __version__ = "0.1.0"
