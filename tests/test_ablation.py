@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from dissect_kernels.ablation import AblationResult, classifier_ablation, plot_ablation
+from dissect_kernels.ablation import AblationResult, classifier_ablation
+from dissect_kernels.report.ablation import plot_ablation
 from dissect_kernels.hooks import Edit, Trace
 
 

@@ -4,7 +4,8 @@ ACE, alpha optimisation favours the planted units; bad input gives clear errors.
 import pytest
 import torch
 
-from dissect_kernels.ace import ace, optimize_alpha, rank_units_by_ace
+from dissect_kernels.ace import ace, rank_units_by_ace
+from dissect_kernels.alpha import optimize_alpha
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

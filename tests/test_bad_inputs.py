@@ -276,9 +276,9 @@ def _enospc(*args, **kw):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("writer", ["dissect_kernels.results._write_units_csv",
-                                    "dissect_kernels.results.save_file",
-                                    "dissect_kernels.report.html.html_page"])
+@pytest.mark.parametrize("writer", ["dissect_kernels.io.results._write_units_csv",
+                                    "dissect_kernels.io.results.save_file",
+                                    "dissect_kernels.report.dissection.html_page"])
 def test_disk_full_keeps_the_earlier_run_and_resumes(data, tmp_path, monkeypatch, writer):
     dk.dissect(Planted(), "units", data, out_dir=tmp_path, **KW)
     before = outputs(tmp_path)
@@ -368,7 +368,7 @@ def test_cli_user_errors(tmp_path, monkeypatch):
     _cli_fails(base + ["--quantile", "1.5"], out, "--quantile")
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
-    monkeypatch.setattr(cli, "open_dataset", lambda *a, **k: PlantedDataset())
+    monkeypatch.setattr(cli.dissect, "open_dataset", lambda *a, **k: PlantedDataset())
     with pytest.raises(SystemExit, match=r"--out .*blocker"):
         cli.main(base + ["--out", str(blocker / "out"), "--quiet"])
 
@@ -377,7 +377,7 @@ def test_cli_user_errors(tmp_path, monkeypatch):
         if i == 33:
             item["labels"][0, 0, 0] = 99
         return item
-    monkeypatch.setattr(cli, "open_dataset", lambda *a, **k: Items(change))
+    monkeypatch.setattr(cli.dissect, "open_dataset", lambda *a, **k: Items(change))
     _cli_fails(["dissect", "--model", "planted:Planted", "--layers", "units",
                 "--quantile", str(Q), "--backend", "cpu"], out, "image 33")
 

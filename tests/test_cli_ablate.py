@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dissect_kernels import cli, cli_ablate
+from dissect_kernels import cli
+from dissect_kernels.cli import ablate as cli_ablate
+from dissect_kernels.report import ablation as ablation_report
 from dissect_kernels.data import BrodenDataset
 from dissect_kernels.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dissect_kernels.models import default_model_info, load_default_model
@@ -58,7 +60,7 @@ def read_csv(path):
 def test_default_command_writes_consistent_files(tmp_path, capsys):
     assert run(tmp_path, "--dataset", "synthetic:60", "--top-n", "1,3,200") == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(cli_ablate.FILES)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(ablation_report.FILES)
     assert "largest drop" in capsys.readouterr().out
     st = load_file(str(out / "ablation.safetensors"))
     names = default_model_info()["targets"]
@@ -161,7 +163,7 @@ def test_failed_write_leaves_no_partial_files(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "ablation.csv").write_text("old")
-    monkeypatch.setattr(cli_ablate, "render_html", lambda *a, **k: 12345)  # html writer fails late
+    monkeypatch.setattr(ablation_report, "render_html", lambda *a, **k: 12345)  # html writer fails late
     with pytest.raises(SystemExit, match="dissect-kernels: error: .*"):  # the CLI's one-line error
         run(tmp_path, "--dataset", "synthetic:24", "--model", "test_cli_ablate:planted_colours",
             "--layer", "feat", "--targets", ",".join(COLOURS), "--top-n", "1")

@@ -5,7 +5,7 @@ import torch
 
 from dissect_kernels.cli import main
 from dissect_kernels.models.tiny_gan import tiny_gan_info
-from dissect_kernels.results import load_results
+from dissect_kernels.io import load_results
 
 
 def test_gan_command_writes_results_report_and_ace_page(tmp_path, capsys):

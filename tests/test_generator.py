@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dissect_kernels.generator import dissect_generator, iqr_search, level_fractions, sample_z
+from dissect_kernels.generated import sample_z
+from dissect_kernels.generator import dissect_generator, iqr_search, level_fractions
 from dissect_kernels.models.tiny_gan import (TINY_GAN_INFO, TINY_GAN_WEIGHTS, default_segmenter,
                                              palette_tensor)
-from dissect_kernels.results import load_results
+from dissect_kernels.io import load_results
 from dissect_kernels.stats.iou_tally import iqr_from_table
 from dissect_kernels.stats.level_counts import LevelCounts
 

@@ -9,7 +9,7 @@ import torch
 from results_factory import CATEGORIES, CONCEPTS, make_layer, make_result
 
 import dissect_kernels as dk
-from dissect_kernels import results as R
+from dissect_kernels.io import results as R
 
 TENSOR_FIELDS = ("iou", "thresholds", "best_label", "best_iou", "best_category", "detector",
                  "category_of", "iqr", "topk_indices", "topk_values", "rotation")

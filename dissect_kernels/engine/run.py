@@ -112,7 +112,8 @@ class _Run:
                         if name in saved:
                             acc.load_state_dict(saved[name])
                 started = time.perf_counter()
-                self._stream(i, accs, batch if i == first else 0, results)
+                seen = self._stream(i, accs, batch if i == first else 0, results)
+                self._check_seen(seen, resumed=i == first and batch > 0)
                 self._merge(accs, templates)
                 results[self.passes[i].name] = {n: a.finalize() for n, a in accs.items()}
                 self.timing[self.passes[i].name] = self.timing.get(self.passes[i].name, 0.0) + \
@@ -132,8 +133,10 @@ class _Run:
         templates = {n: copy.deepcopy(a) for n, a in accs.items()} if self.distributed else {}
         return accs, templates
 
-    def _stream(self, i: int, accs: dict, skip: int, results: Results) -> None:
+    def _stream(self, i: int, accs: dict, skip: int, results: Results) -> int:
+        """Run pass i from batch `skip` on; returns how many samples reached the accumulators."""
         p = self.passes[i]
+        seen = 0
         wanted = {lay for acc in accs.values() for lay in layers_of(acc)}
         views = [v for v in self.views.values() if v.name in wanted]
         to_end = any(needs_output(a) for a in accs.values()) or self.annotate is not None
@@ -146,10 +149,23 @@ class _Run:
                     step = self._step(batch, views, to_end)
                     for acc in accs.values():
                         acc.update(step)
+                    seen += len(batch)
                 bar.update(len(batch) if batch is not None else per)
                 if self.ckpt is not None:
                     self.ckpt.maybe_save(self._progress(i, b + 1, accs, results),
                                          lambda: self._tensors(accs, results))
+        return seen
+
+    def _check_seen(self, seen: int, resumed: bool) -> None:
+        """A pass that no sample reached (on any rank) fails with what was skipped and why."""
+        total = sum(ddp.all_gather(seen)) if self.distributed else seen
+        if total or resumed:
+            return
+        skips = self._all_skips()
+        counts = "; ".join(f"{len(items)} {reason}" for reason, items in skips.items())
+        first = next((m for items in skips.values() for m in items.values()), "none")
+        raise ValueError(f"no readable samples: every sample was skipped ({counts or 'the source is empty'}"
+                         f"; the first: {first})")
 
     def _step(self, batch, views, to_end: bool) -> Step:
         inputs = _to(batch.inputs, self.device)

@@ -78,7 +78,7 @@ def check_features(layer: str, a, indices: torch.Tensor) -> None:
         row = int(bad.nonzero()[0])
         kind = "NaN" if bool(torch.isnan(a[row]).any()) else "Inf"
         units = (~torch.isfinite(a[row])).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"layer {layer!r} output contains {kind} values for sample "
+        raise ValueError(f"layer {layer!r} output contains {kind} values for image "
                          f"{int(indices[row])} (units {units[:8]}); dissection needs finite "
                          "activations")
 
