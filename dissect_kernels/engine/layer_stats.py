@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from dissect_kernels.geometry import Geometry
-from dissect_kernels.reference.tally import upsample as upsample_tables
+from dissect_kernels.ops.upsample import upsample as upsample_op
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.level_counts import LevelCounts
 from dissect_kernels.stats.quantile import QuantileSketch
@@ -20,10 +20,10 @@ from dissect_kernels.stats.topk import TopK
 GeometryFor = Callable[[tuple[int, int], tuple[int, int]], Geometry]
 
 
-def upsample_to(a: torch.Tensor, size: tuple[int, int], geometry_for: GeometryFor) -> torch.Tensor:
-    """a [B, U, h, w] upsampled to size (H, W): the maps the fused tally thresholds."""
-    tables = geometry_for(tuple(a.shape[2:]), tuple(size)).tables(tuple(a.shape[2:]), tuple(size))
-    return upsample_tables(a, *(t.to(a.device) for t in tables))
+def upsample_to(a: torch.Tensor, size, geometry_for: GeometryFor) -> torch.Tensor:
+    """a [B, U, h, w] upsampled to size (H, W) (dk.upsample): the maps the fused tally thresholds."""
+    size = (int(size[0]), int(size[1]))
+    return upsample_op(a, size, geometry=geometry_for(tuple(a.shape[2:]), size))
 
 
 def _sizes(state: dict) -> list[int]:
