@@ -1,5 +1,9 @@
 """Build the native modules by driving CMake: dissect_kernels._C (CPU) and, when nvcc is
-found, dissect_kernels._cuda. Both are declared as Extensions so editable installs keep them."""
+found, dissect_kernels._cuda. Both are declared as Extensions so editable installs keep them.
+The same build puts the core's C library (libdissect_kernels.so, the C ABI) beside them, so the
+wheel ships it for ctypes/cffi users (dissect_kernels.clib.library_path()).
+Environment: DK_NO_CUDA=1 (CPU only), DK_CUDA_ARCHS="80;86;89;90" (CUDA targets),
+DK_BUILD_TYPE (Release), DK_SANITIZE, DK_BUILD_JOBS."""
 import os
 import shutil
 import subprocess
@@ -10,6 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+C_LIBRARY = "libdissect_kernels.so"   # the C ABI (CMake target dissect_kernels), shipped in the package
 
 
 class CMakeExtension(Extension):
@@ -27,6 +32,13 @@ class CMakeBuild(build_ext):
         if shutil.which("cmake") is None:
             raise RuntimeError("cmake was not found on PATH; install it (e.g. `pip install cmake`).")
         super().run()
+
+    def copy_extensions_to_source(self):
+        """In-place / editable builds: the C library goes beside the modules, like them."""
+        super().copy_extensions_to_source()
+        built = Path(self.build_lib) / "dissect_kernels" / C_LIBRARY
+        if built.exists():
+            shutil.copy2(built, ROOT / "dissect_kernels" / C_LIBRARY)
 
     def build_extension(self, ext):
         extdir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
@@ -55,7 +67,11 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={os.environ.get('DK_BUILD_TYPE', 'Release')}",
             f"-DDK_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
             f"-DDK_SANITIZE={os.environ.get('DK_SANITIZE', '')}",
+            "-DDK_BUILD_TESTS=OFF",          # ctest programs: a plain CMake build (README, .ci/run)
+            "-DDK_VERSIONED_SONAME=OFF",     # one libdissect_kernels.so in the package, no symlinks
         ]
+        # DK_CUDA_ARCHS (e.g. "80;90" or "89"): CUDA architectures, read by cmake/cuda_archs.cmake
+        # from the environment on every configure; unset = 80;86;89;90 (+ PTX of the newest).
         if shutil.which("ninja"):
             args.append("-GNinja")
         cache = build_dir / "CMakeCache.txt"

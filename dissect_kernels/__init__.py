@@ -1,4 +1,5 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
+from dissect_kernels._version import __version__  # noqa: F401  (the one place it is written)
 from dissect_kernels.ace import ace, rank_units_by_ace
 from dissect_kernels.alpha import optimize_alpha
 from dissect_kernels.dissect import dissect
@@ -16,15 +17,15 @@ from dissect_kernels.ops.upsample import upsample
 from dissect_kernels.io import load_results, save_results
 from dissect_kernels.results import DissectionResult, LayerResult
 from dissect_kernels.stats.iou_tally import IoUTally
-from dissect_kernels.stats.quantile import QuantileSketch
+from dissect_kernels.stats.exact_quantile import ExactQuantile
+from dissect_kernels.stats.quantile import QuantileEstimator, QuantileSketch, make_quantile
 from dissect_kernels.stats.tail_sketch import TailSketch
 from dissect_kernels.stats.topk import TopK
 
 __all__ = [
     "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
-    "AblationResult", "DissectionResult", "Edit", "Geometry", "IoUTally", "LabelStats",
-    "LayerResult", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
-    "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "plot_ablation",
+    "AblationResult", "DissectionResult", "Edit", "ExactQuantile", "Geometry", "IoUTally", "LabelStats",
+    "LayerResult", "QuantileEstimator", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
+    "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "make_quantile", "plot_ablation",
     "run_layers", "save_results", "segment_stats", "tally", "upsample",
 ]
-__version__ = "0.1.0"

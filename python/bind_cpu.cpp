@@ -6,6 +6,8 @@
 namespace py = pybind11;
 using namespace dissect_kernels;
 
+void bind_exact_quantile(py::module_& m);  // bind_cpu_exact_quantile.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dissect_kernels CPU kernels (torch-free; arguments are pointers, shapes, strides)";
   m.def("tally", [](const py::dict& spec, std::int64_t /*stream*/) {
@@ -33,4 +35,5 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     quantile_filter_cpu(args);
   }, py::arg("spec"), py::arg("stream") = 0, "Exact-tail filter and compaction (see quantile.h).");
+  bind_exact_quantile(m);
 }

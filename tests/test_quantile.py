@@ -1,12 +1,12 @@
-"""QuantileSketch exact mode vs numpy.quantile on every backend; merge, state_dict, cdf,
-bad input; the KLL reference sketch's rank error."""
+"""ExactQuantile (directly and as QuantileSketch(mode="exact")) vs numpy.quantile on every backend;
+merge, state_dict, cdf, bad input; the KLL reference sketch's rank error."""
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import poison_like
-from dissect_kernels import QuantileSketch, _native
+from dissect_kernels import ExactQuantile, QuantileSketch, _native
 from dissect_kernels.reference.quantile import KLLSketch, as_samples, exact_cdf, exact_quantile
 
 QS = [0.99, 0.995, 0.999, 1.0]
@@ -47,7 +47,7 @@ def test_exact_matches_numpy_rows(backend):
     N, U, slack = SIZES[backend]
     for seed in (0, 1):
         x = relu_like((N, U), seed)
-        s = QuantileSketch(U, mode="exact", expected_count=N, backend=backend, slack=slack)
+        s = ExactQuantile(U, expected_count=N, backend=backend, slack=slack)
         s._ensure_state(x.device)
         poison_like(s._state.buffer)               # slots past `kept` must never be read
         feed(s, x, seed)
@@ -64,7 +64,7 @@ def test_exact_cpu_large_buffers():
     N, U = 100_000, 5
     x = relu_like((N, U), 29)
     qs = [0.95, 0.99, 0.999]
-    s = QuantileSketch(U, mode="exact", min_quantile=0.95, expected_count=N, backend="cpu")
+    s = ExactQuantile(U, min_quantile=0.95, expected_count=N, backend="cpu")
     assert s._capacity_for(N) >= 8192
     feed(s, x, 29, n_splits=9)
     np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
@@ -80,7 +80,7 @@ def test_exact_cpu_wide_rows_large_buffers():
     N, U = 60_000, 83
     x = relu_like((N, U), 31)
     qs = [0.9, 0.99, 1.0]
-    s = QuantileSketch(U, mode="exact", min_quantile=0.9, expected_count=N, backend="cpu")
+    s = ExactQuantile(U, min_quantile=0.9, expected_count=N, backend="cpu")
     assert s._capacity_for(N) >= 8192
     feed(s, x, 31, n_splits=4)
     np.testing.assert_array_equal(s.quantile(qs).numpy(), oracle(x, qs))
@@ -97,7 +97,7 @@ def test_exact_cpu_tiles_strided_rows(slack, seed):
     wide = relu_like((N, 2 * U + 3), seed)
     x = wide[:, 5:5 + U] if seed == 41 else wide[:, 3:3 + U].contiguous()  # row stride 2U+3 or U
     assert x.stride(1) == 1
-    s = QuantileSketch(U, mode="exact", min_quantile=0.98, expected_count=N, backend="cpu", slack=slack)
+    s = ExactQuantile(U, min_quantile=0.98, expected_count=N, backend="cpu", slack=slack)
     s._ensure_state(x.device)
     poison_like(s._state.buffer)
     feed(s, x, seed, n_splits=6)
@@ -112,7 +112,7 @@ def test_nan_inside_a_tile_is_counted(row):
     partial last rows is counted, never stored, and the update raises."""
     x = relu_like((1000, 40), 5)
     x[row, 33] = float("nan")
-    s = QuantileSketch(40, mode="exact", expected_count=1000, backend="cpu", slack=30)
+    s = ExactQuantile(40, expected_count=1000, backend="cpu", slack=30)
     with pytest.raises(ValueError, match="NaN"):
         s.update(x)
     assert s._state.nan_count.tolist() == [0] * 33 + [1] + [0] * 6
@@ -327,7 +327,7 @@ def test_triton_on_gpu_matches_numpy(shape):
     x = relu_like(shape, 23).cuda()
     U = shape[1]
     n = x.numel() // U
-    s = QuantileSketch(U, mode="exact", expected_count=n, backend="triton")
+    s = ExactQuantile(U, expected_count=n, backend="triton")
     feed(s, x, 23, n_splits=7)
     assert s._state.buffer.is_cuda
     np.testing.assert_array_equal(s.quantile(QS).cpu().numpy(), oracle(x.cpu()))
@@ -391,12 +391,12 @@ def test_sketch_mode_plumbing_with_a_stand_in(fake_tail_sketch, tmp_path):
     B, U, H, W = 4, 6, 5, 7
     x = relu_like((B, U, H, W), 31)
     s = QuantileSketch(U, min_quantile=0.5)                   # no expected_count -> sketch
-    assert s.mode == "sketch" and s._make_sketch().min_quantile == 0.5
+    assert s.mode == "sketch" and s.impl.min_quantile == 0.5
     assert QuantileSketch(U, expected_count=10**9, max_bytes=2**20).mode == "sketch"  # over budget
     x = torch.cat([x[:2], x[2:].half().float()])          # what the sketch is fed
     s.update(x[:2])
     s.update(x[2:].half())                                    # cast to float32 for TailSketch
-    assert s._sketch.calls == [(2 * H * W, U), (2 * H * W, U)] and s.count == B * H * W
+    assert s.impl.calls == [(2 * H * W, U), (2 * H * W, U)] and s.count == B * H * W
     flat = as_samples(x.numpy())
     np.testing.assert_array_equal(s.quantile([0.5, 0.99]).numpy(), exact_quantile(flat, [0.5, 0.99]))
     assert s.quantile(0.99).shape == (U,)

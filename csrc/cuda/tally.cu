@@ -13,6 +13,11 @@
 // is a safe upper bound and a unit with bound <= threshold has no active pixel: it is skipped.
 #include <cuda_runtime.h>
 
+// __reduce_add_sync and __match_any_sync need sm_80+ (CMakeLists.txt refuses older targets too).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "dissect_kernels: the CUDA kernels need compute capability 8.0 (sm_80) or newer"
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -28,6 +33,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kRegLayers = 8;          // label layers held in registers; more are re-read
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kChunk = kThreads * 65535;  // pixels per counter flush (16-bit counters)
 constexpr size_t kStageBytes = 46 * 1024;  // under the 48 KB default (static shared included)
 
 void check(cudaError_t err, const char* what) {
@@ -64,8 +70,10 @@ __device__ __forceinline__ bool in_image(int c, const int32_t* img, int64_t M) {
 
 // kStaged: the tile's maps live in shared memory (fp32); otherwise they are read from global
 // memory with their strides (maps too large to stage).
+// Launch bounds: 3 blocks/SM (<= 80 registers) staged, 2 (<= 128) unstaged: no register spills on
+// sm_80, sm_86, sm_89 or sm_90 (tests/test_cuda_build.py checks ptxas -v for each).
 template <bool kStaged>
-__global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
+__global__ void __launch_bounds__(kThreads, kStaged ? 3 : 2) tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
   extern __shared__ float s_src[];
   __shared__ float s_thr[kTile];
   __shared__ float s_max[kTile];
@@ -129,14 +137,18 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
   const unsigned live = s_live;
 
   // 3. Walk the output pixels (uniform trip count: the warp stays converged for emit()).
-  unsigned cnt[kTile];
-#pragma unroll
-  for (int u = 0; u < kTile; ++u) cnt[u] = 0;
+  // Per-thread active-pixel counts, two 16-bit counters per register (unit 2i low, 2i+1 high):
+  // half the registers of one counter per unit, which keeps the kernel free of spills on
+  // sm_80..sm_90. A thread visits at most kChunk / kThreads < 2^16 pixels between flushes.
+  unsigned cnt[kTile / 2];
   const int32_t* lab_b = a.labels + b * a.L * static_cast<int64_t>(HW);
   const int32_t* img = a.image_labels ? a.image_labels + b * a.M : nullptr;
   const int64_t M = img ? a.M : 0;
-  if (live)
-    for (int base = 0; base < HW; base += kThreads) {
+  for (int chunk = 0; live && chunk < HW; chunk += kChunk) {
+#pragma unroll
+    for (int i = 0; i < kTile / 2; ++i) cnt[i] = 0;
+    const int chunk_end = HW - chunk < kChunk ? HW : chunk + kChunk;
+    for (int base = chunk; base < chunk_end; base += kThreads) {
       const int p = base + tid;
       unsigned act = 0;
       if (p < HW) {
@@ -146,8 +158,9 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
         const float wy0 = __ldg(a.ytab.w0 + y), wy1 = __ldg(a.ytab.w1 + y);
         const float wx0 = __ldg(a.xtab.w0 + x), wx1 = __ldg(a.xtab.w1 + x);
         int64_t o00, o01, o10, o11;
-        if (kStaged) {
-          o00 = iy0 * a.w + ix0; o01 = iy0 * a.w + ix1; o10 = iy1 * a.w + ix0; o11 = iy1 * a.w + ix1;
+        if (kStaged) {  // shared-memory offsets fit in 32 bits (fewer registers)
+          const int w = static_cast<int>(a.w);
+          o00 = iy0 * w + ix0; o01 = iy0 * w + ix1; o10 = iy1 * w + ix0; o11 = iy1 * w + ix1;
         } else {
           const int64_t sy = a.acts_stride[2], sx = a.acts_stride[3];
           o00 = iy0 * sy + ix0 * sx; o01 = iy0 * sy + ix1 * sx;
@@ -172,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
             const float v = wy0 * r0 + wy1 * r1;
             if (v > s_thr[u]) {
               act |= 1u << u;
-              ++cnt[u];
+              cnt[u >> 1] += 1u << ((u & 1) * 16);
             }
           }
         }
@@ -210,14 +223,17 @@ __global__ void __launch_bounds__(kThreads) tally_kernel(const TallyArgs a, int 
       }
     }
 
-  // 4. Block totals per unit; outputs; image-level labels count every active pixel.
+    // The chunk's counts into the block totals (warp sums, one shared atomic per unit).
 #pragma unroll
-  for (int u = 0; u < kTile; ++u) {
-    if ((live >> u) & 1u) {
-      const unsigned s = __reduce_add_sync(kFull, cnt[u]);
-      if (lane == 0 && s) atomicAdd(&s_cnt[u], s);
+    for (int u = 0; u < kTile; ++u) {
+      if ((live >> u) & 1u) {
+        const unsigned s = __reduce_add_sync(kFull, (cnt[u >> 1] >> ((u & 1) * 16)) & 0xffffu);
+        if (lane == 0 && s) atomicAdd(&s_cnt[u], s);
+      }
     }
   }
+
+  // 4. Outputs; image-level labels count every active pixel.
   __syncthreads();
   if (tid < nu) {
     const int64_t u = u0 + tid;

@@ -53,6 +53,7 @@ from dissect_kernels.stats import _tail_torch
 
 _STATE = ("values", "rmin", "rmax", "gap", "eq", "size", "total", "counted", "pend", "pend_n", "tidx", "coarsen")
 _CONFIG = ("num_units", "capacity", "k_t", "k_l", "tail_shift", "block_rows", "seed")
+BACKENDS = ("cpu", "torch")        # the C++ core (CPU tensors) and batched torch (any device)
 MAX_TAIL_SHIFT = 10
 
 
@@ -73,6 +74,8 @@ class TailSketch:
     update(x [N, U]) keeps the state on x's device (C++/OpenMP core for CPU tensors, batched torch
     for others); quantile / cdf / rank_error_bound read a flushed copy without changing the state.
     """
+
+    mode = "sketch"
 
     def __init__(self, num_units: int, *, device=None, seed: int = 0, capacity: int = 65536,
                  backend: str = "auto", min_quantile: float = 0.0):
@@ -114,13 +117,9 @@ class TailSketch:
         return self.st
 
     def _use_native(self) -> bool:
-        if self.device.type != "cpu" or self.backend == "torch":
-            return False
-        mod = _native.native("_C")
-        ok = mod is not None and hasattr(mod, "tail_sketch_update")
-        if self.backend == "cpu" and not ok:
-            raise RuntimeError("backend 'cpu' needs the compiled dissect_kernels._C module with tail_sketch_update")
-        return ok
+        """Whether the C++ core runs updates and flushes: the backend resolved like every op's
+        (dissect_kernels._native.resolve), "auto" taking the C++ core for CPU tensors."""
+        return _native.resolve(self.backend, self.device, BACKENDS) == "cpu"
 
     def _spec(self, st: dict) -> dict:
         d = {k: st[k].data_ptr() for k in _STATE}
@@ -143,9 +142,14 @@ class TailSketch:
 
     # ----------------------------------------------------------------- update / merge
     def update(self, x: torch.Tensor) -> None:
-        """Add a batch x [N, U] (float32; other float dtypes are converted) of values per unit."""
-        x = _checks.tensor("x", x, ndim=2, dtypes=_checks.FLOAT_DTYPES + (torch.float64,))
+        """Add a batch x [N, U] (float32; other float dtypes are converted) of values per unit, or
+        maps [B, U, H, W] (every position of every image is a value)."""
+        x = _checks.tensor("x", x, ndim=(2, 4), dtypes=_checks.FLOAT_DTYPES + (torch.float64,))
         U = self.cfg["num_units"]
+        if x.dim() == 4:
+            if x.shape[1] != U:
+                raise ValueError(f"x must have shape [B, {U}, H, W] (num_units={U}), got {tuple(x.shape)}")
+            x = x.permute(0, 2, 3, 1).reshape(-1, U)
         if x.shape[1] != U:
             raise ValueError(f"x must have shape [N, {U}] (num_units={U}), got {tuple(x.shape)}")
         if self._device is not None and x.device != self._device:
@@ -242,9 +246,10 @@ class TailSketch:
         out = st["values"].gather(1, i)
         return out[:, 0] if scalar else out
 
-    def rank_error_bound(self, q) -> torch.Tensor:
-        """Guaranteed |rank(quantile(q)) - q N| / N per unit ([U] float64; [U, Q] for a list)."""
-        qt, scalar = self._q(q)
+    def rank_error_bound(self, q=None) -> torch.Tensor:
+        """Guaranteed |rank(quantile(q)) - q N| / N per unit ([U] float64; [U, Q] for a list);
+        q defaults to min_quantile."""
+        qt, scalar = self._q(self.min_quantile if q is None else q)
         _, _, b = self._select(qt)
         return b[:, 0] if scalar else b
 
