@@ -13,6 +13,7 @@ from torch import nn
 from dissect_kernels import hooks
 from dissect_kernels.engine import CheckpointSpec, LoaderSource, Pass, run_passes
 from dissect_kernels.intervene import check_unit_ids, intervene
+from dissect_kernels.stats.confusion import add_confusion, confusion_metrics, empty_confusion
 
 __all__ = ["classifier_ablation", "AblationResult"]
 
@@ -81,9 +82,7 @@ class AblationConfusion:
         if units.numel() == 0 or units.unique().numel() != units.numel():
             raise ValueError(f"units must be distinct unit ids, got {units.tolist()}")
         self.sets = self.sets_of(U, units).to(self.device)
-        rows = 1 + self.sets.shape[0]
-        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=self.device)  # noqa: E731
-        self.state = {"tp": z(rows, self.C), "pred": z(rows, self.C), "true": z(self.C), "n": z(1),
+        self.state = {**empty_confusion(1 + self.sets.shape[0], self.C, self.device),
                       "units": units.clone(), "U": torch.tensor([U])}
 
     def update(self, step) -> None:
@@ -93,20 +92,7 @@ class AblationConfusion:
         chunk = self.chunk_size or max(1, 4096 // max(1, x.shape[0]))
         ablated = intervene(step.model, self.layers[0], self.sets, x, measure=self.decide, chunk_size=chunk)
         pred = torch.cat([self.decide(step.output)[None], ablated])
-        s = self.state
-        if self.multilabel:
-            s["pred"] += pred.sum(1)
-            s["tp"] += (pred & y[None]).sum(1)
-            s["true"] += y.sum(0)
-        else:
-            S, C = pred.shape[0], self.C
-            flat = (pred + C * torch.arange(S, device=pred.device)[:, None]).reshape(-1)
-            s["pred"] += torch.bincount(flat, minlength=S * C).view(S, C)
-            hit = (pred == y[None]).reshape(-1).long()
-            s["tp"] += torch.zeros(S * C, dtype=torch.int64, device=pred.device).scatter_add_(
-                0, flat, hit).view(S, C)
-            s["true"] += torch.bincount(y, minlength=C)
-        s["n"] += y.shape[0]
+        add_confusion(self.state, pred, y, self.multilabel)
 
     def merge(self, other: "AblationConfusion") -> None:
         if not other.state:
@@ -129,16 +115,6 @@ class AblationConfusion:
         if not self.state:
             raise ValueError("loader yielded no batches")
         return {k: v.cpu() for k, v in self.state.items()}
-
-
-def metrics(c: dict[str, torch.Tensor]):
-    """(precision, recall, balanced accuracy), each float64 [S, C], from confusion counts."""
-    tp, pred, true = c["tp"].double(), c["pred"].double(), c["true"].double()[None]
-    fp, fn = pred - tp, true - tp
-    tn = int(c["n"][0]) - tp - fp - fn
-    ratio = lambda a, b: torch.where(b > 0, a / b.clamp(min=1), torch.zeros_like(a))  # noqa: E731
-    recall = ratio(tp, tp + fn)
-    return ratio(tp, tp + fp), recall, (recall + ratio(tn, tn + fp)) / 2
 
 
 def topn_sets(ranking: torch.Tensor, units: torch.Tensor, top_n: torch.Tensor, U: int) -> torch.Tensor:
@@ -213,7 +189,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
 
 def _ranking(single: dict) -> torch.Tensor:
     """[C, n] unit ids per class by the balanced-accuracy drop of their single-unit ablation."""
-    b = metrics(single)[2]
+    b = confusion_metrics(single)[2]
     order = torch.sort(-(b[0:1] - b[1:]).t(), dim=1, stable=True).indices
     return single["units"][order]
 
@@ -227,7 +203,7 @@ def _plan(ranking, units, top_n, U, C) -> torch.Tensor:
 
 def _result(results, top_n, ranking) -> AblationResult:
     evals = results["top-n"]["confusion"]
-    ep, er, eb = metrics(evals)
+    ep, er, eb = confusion_metrics(evals)
     rank = _ranking(results["single"]["confusion"]) if ranking is None else torch.as_tensor(ranking).long()
     C, T = ep.shape[1], top_n.numel()
     cls = torch.arange(C)
@@ -242,7 +218,7 @@ def _result(results, top_n, ranking) -> AblationResult:
         allbut_precision=per_class(ep, 1), allbut_recall=per_class(er, 1), allbut_balanced=per_class(eb, 1),
         positives=evals["true"])
     if ranking is None:
-        p, r, b = metrics(results["single"]["confusion"])
+        p, r, b = confusion_metrics(results["single"]["confusion"])
         out.single_precision, out.single_recall, out.single_balanced = p[1:], r[1:], b[1:]
         out.drop = b[0:1] - b[1:]
     return out

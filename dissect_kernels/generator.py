@@ -117,6 +117,29 @@ class GanPlan:
                 Pass("tally", self.tally)]
 
 
+def _checked(generator, layers, convention, quantile_mode, num_samples, batch_size):
+    """(convention, layer names, quantile mode) after checking every argument (clear errors)."""
+    conv = get_convention(convention)
+    if quantile_mode is None:
+        quantile_mode = "auto" if conv.name == "exact" else "sketch"
+    if quantile_mode not in QUANTILE_MODES:
+        raise ValueError(f"quantile_mode must be None or one of {QUANTILE_MODES}, got {quantile_mode!r}")
+    if conv.geometry == "receptive-field":
+        raise ValueError(f"convention {conv.name!r} needs receptive-field geometry, which GAN "
+                         "dissection does not use; choose 'exact' or 'gandissect'")
+    if not isinstance(generator, nn.Module):
+        raise TypeError(f"generator must be an nn.Module, got {type(generator).__name__}")
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError("layers is empty")
+    for name in layers:
+        hooks.get_module(generator, name)
+    for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return conv, layers, quantile_mode
+
+
 def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segmenter, *,
                       num_samples: int, seed: int = 0, z_sampler: Callable | None = None,
                       z_dim: int | None = None, convention: str = "exact", batch_size: int = 32,
@@ -139,27 +162,8 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     the kept values fit 2 GiB, so memory grows with num_samples up to that budget; "sketch" for
     "gandissect"); "sketch" = bounded memory (use it for large runs); "exact" = exact quantiles
     or a clear error when over the budget."""
-    conv = get_convention(convention)
-    if quantile_mode is None:
-        quantile_mode = "auto" if conv.name == "exact" else "sketch"
-    if quantile_mode not in QUANTILE_MODES:
-        raise ValueError(f"quantile_mode must be None or one of {QUANTILE_MODES}, got {quantile_mode!r}")
-    if conv.geometry == "receptive-field":
-        raise ValueError(f"convention {conv.name!r} needs receptive-field geometry, which GAN "
-                         "dissection does not use; choose 'exact' or 'gandissect'")
-    if not isinstance(generator, nn.Module):
-        raise TypeError(f"generator must be an nn.Module, got {type(generator).__name__}")
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
-        raise ValueError("layers is empty")
-    for name in layers:
-        hooks.get_module(generator, name)
-    for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    from dissect_kernels import distributed as ddp
-    if ddp.world_size() > num_samples:
-        raise ValueError(f"num_samples={num_samples} is smaller than the {ddp.world_size()} ranks")
+    conv, layers, quantile_mode = _checked(generator, layers, convention, quantile_mode, num_samples,
+                                           batch_size)
     device = torch.device(device) if device is not None else \
         next((p.device for p in generator.parameters()), torch.device("cpu"))
     top_k = conv.top_images if top_k is None else int(top_k)

@@ -151,6 +151,27 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
     torch.distributed); the drivers built on it (ace, rank_units_by_ace, classifier_ablation) shard.
     """
     module = hooks.get_module(model, layer)
+    values = _check_args(mode, replicate, values, positions, unit_sets, chunk_size)
+    S = len(unit_sets)
+    c_max = S if chunk_size is None else min(chunk_size, S)
+    B = _batch_size(inputs)
+    plan = _Plan(unit_sets, values, positions, layer)
+    results = []
+    for s0 in range(0, S, c_max):
+        s1 = min(S, s0 + c_max)
+        output = _run_chunk(model, module, layer, plan, inputs, s0, s1, B, replicate)
+        m = (measure or (lambda out: out))(output)
+        c = s1 - s0
+        if not isinstance(m, torch.Tensor) or m.dim() == 0 or m.shape[0] != c * B:
+            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"measure must return a tensor with one row per sample ({c * B} rows "
+                             f"for {c} sets x batch {B}), got {shape}")
+        results.append(m.reshape((c, B) + tuple(m.shape[1:])))
+    return torch.cat(results) if len(results) > 1 else results[0]
+
+
+def _check_args(mode, replicate, values, positions, unit_sets, chunk_size):
+    """Clear errors for intervene's arguments; returns the value to write (0 for ablation)."""
     if mode not in ("ablate", "insert"):
         raise ValueError(f"mode must be 'ablate' or 'insert', got {mode!r}")
     if replicate not in ("output", "input"):
@@ -164,59 +185,55 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
         raise TypeError(f"positions must be a tensor or None, got {type(positions).__name__}")
     if not isinstance(unit_sets, (list, tuple, torch.Tensor)):
         raise TypeError(f"unit_sets must be a list of unit-id sets or a tensor, got {type(unit_sets).__name__}")
-    S = len(unit_sets)
-    if S == 0:
+    if len(unit_sets) == 0:
         raise ValueError("unit_sets is empty")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    c_max = S if chunk_size is None else min(chunk_size, S)
-    B = _batch_size(inputs)
-    measure = measure or (lambda out: out)
-    plan = _Plan(unit_sets, values, positions, layer)
-    results = []
-    for s0 in range(0, S, c_max):
-        s1 = min(S, s0 + c_max)
-        c = s1 - s0
-        calls = [0]
+    return values
 
-        def hook(mod, args, kwargs, out, s0=s0, s1=s1, c=c):
-            calls[0] += 1
-            if calls[0] > 1:
-                raise RuntimeError(f"layer {layer!r} ran more than once in one forward pass; "
-                                   "intervene needs a layer that runs once")
-            if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
-                raise TypeError(f"layer {layer!r} must output a float tensor, got {type(out).__name__}")
-            expect = B if replicate == "output" else c * B
-            if out.shape[0] != expect:
-                raise ValueError(f"layer {layer!r} output has batch {out.shape[0]}, expected {expect}")
-            plan.prepare(out, B)
-            a, v = plan.chunk(s0, s1, out, B)
-            grad = torch.is_grad_enabled() and (out.requires_grad or a.requires_grad or
-                                                (isinstance(v, torch.Tensor) and v.requires_grad))
-            if replicate == "input" or grad:
-                x = out if replicate == "input" else out.repeat((c,) + (1,) * (out.dim() - 1))
-                return edit(x, a, v)
-            return edit_(out.repeat((c,) + (1,) * (out.dim() - 1)), a, v)
 
-        handle = module.register_forward_hook(hook, with_kwargs=True)
+def _edit_hook(plan: "_Plan", layer: str, s0: int, s1: int, B: int, replicate: str, calls: list):
+    """The forward hook that replicates the layer's output for sets s0..s1 and edits each copy."""
+    c = s1 - s0
+
+    def hook(mod, args, kwargs, out):
+        calls[0] += 1
+        if calls[0] > 1:
+            raise RuntimeError(f"layer {layer!r} ran more than once in one forward pass; "
+                               "intervene needs a layer that runs once")
+        if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
+            raise TypeError(f"layer {layer!r} must output a float tensor, got {type(out).__name__}")
+        expect = B if replicate == "output" else c * B
+        if out.shape[0] != expect:
+            raise ValueError(f"layer {layer!r} output has batch {out.shape[0]}, expected {expect}")
+        plan.prepare(out, B)
+        a, v = plan.chunk(s0, s1, out, B)
+        grad = torch.is_grad_enabled() and (out.requires_grad or a.requires_grad or
+                                            (isinstance(v, torch.Tensor) and v.requires_grad))
+        if replicate == "input" or grad:
+            x = out if replicate == "input" else out.repeat((c,) + (1,) * (out.dim() - 1))
+            return edit(x, a, v)
+        return edit_(out.repeat((c,) + (1,) * (out.dim() - 1)), a, v)
+    return hook
+
+
+def _run_chunk(model, module, layer, plan, inputs, s0: int, s1: int, B: int, replicate: str):
+    """The model's output with sets s0..s1 applied (one forward pass on the replicated batch)."""
+    calls = [0]
+    handle = module.register_forward_hook(_edit_hook(plan, layer, s0, s1, B, replicate, calls),
+                                          with_kwargs=True)
+    try:
+        run_inputs = inputs if replicate == "output" else _repeat_inputs(inputs, s1 - s0, B)
         try:
-            run_inputs = inputs if replicate == "output" else _repeat_inputs(inputs, c, B)
-            try:
-                output = hooks.call_model(model, run_inputs)
-            except RuntimeError as e:
-                if replicate == "output" and "size of tensor" in str(e):
-                    raise RuntimeError(f"{e}\n(intervene: layers after {layer!r} seem to combine its "
-                                       "replicated output with activations from before it, e.g. a skip "
-                                       "connection; pass replicate='input')") from e
-                raise
-        finally:
-            handle.remove()
-        if calls[0] == 0:
-            raise RuntimeError(f"layer {layer!r} did not run during the forward pass")
-        m = measure(output)
-        if not isinstance(m, torch.Tensor) or m.dim() == 0 or m.shape[0] != c * B:
-            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"measure must return a tensor with one row per sample ({c * B} rows "
-                             f"for {c} sets x batch {B}), got {shape}")
-        results.append(m.reshape((c, B) + tuple(m.shape[1:])))
-    return torch.cat(results) if len(results) > 1 else results[0]
+            output = hooks.call_model(model, run_inputs)
+        except RuntimeError as e:
+            if replicate == "output" and "size of tensor" in str(e):
+                raise RuntimeError(f"{e}\n(intervene: layers after {layer!r} seem to combine its "
+                                   "replicated output with activations from before it, e.g. a skip "
+                                   "connection; pass replicate='input')") from e
+            raise
+    finally:
+        handle.remove()
+    if calls[0] == 0:
+        raise RuntimeError(f"layer {layer!r} did not run during the forward pass")
+    return output

@@ -109,6 +109,11 @@ class LayerResult:
                                  f"but they must lie in [-1, {upper})")
         if bool((self.detector & (self.best_label < 0)).any()):
             raise ValueError(f"{p}detector is set for units without a label (best_label == -1)")
+        self._validate_extras(p, U, C)
+        return self
+
+    def _validate_extras(self, p: str, U: int, C: int) -> None:
+        """The optional fields: iqr, top-k, rotation, counts and exemplar strip paths."""
         self.iqr = _as_tensor(p + "iqr", self.iqr, ndim=2, optional=True)
         _shape(p + "iqr", self.iqr, (U, C))
         self.topk_indices = _as_tensor(p + "topk_indices", self.topk_indices, dtype=torch.int64,
@@ -137,7 +142,6 @@ class LayerResult:
                                  f"directory, got absolute path {str(path)!r}")
             strips[u] = None if path is None else Path(path).as_posix()
         self.exemplar_strips = dict(sorted(strips.items()))
-        return self
 
     @classmethod
     def build(cls, layer: str, iou, thresholds, best_label, best_iou, *, concept_names,

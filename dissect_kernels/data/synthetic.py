@@ -204,6 +204,77 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
+class _Totals:
+    """Per-concept frequency and coverage, per-category frequency: what label.csv, c_<cat>.csv
+    and category.csv report."""
+
+    def __init__(self, num_concepts: int):
+        self.freq = np.zeros(num_concepts, np.int64)
+        self.cover = np.zeros(num_concepts, np.float64)
+        self.cat_freq = dict.fromkeys(CATEGORIES, 0)
+
+    def add_maps(self, cat: str, labs: list, seg: int) -> None:
+        self.cat_freq[cat] += 1
+        stack = np.stack(labs)
+        present = np.unique(stack)
+        present = present[present > 0]
+        for cid in present:
+            self.cover[cid] += float((stack == cid).any(axis=0).sum()) / (seg * seg)
+        self.freq[present] += 1
+
+    def add_image_label(self, cat: str, cid: int) -> None:
+        self.freq[cid] += 1
+        self.cover[cid] += 1.0
+        self.cat_freq[cat] += 1
+
+
+def _write_image(root: Path, i: int, spec: dict, image_size: int, seg: int, image_format: str,
+                 totals: _Totals) -> tuple[str, dict]:
+    """Render sample i: its image, label PNGs and image-level labels; returns (name, cells)."""
+    img, _ = render(spec, image_size, rgb=True)
+    _, maps = render(spec, seg, rgb=False)
+    stem = f"synthetic/{i:06d}"
+    name = f"{stem}.{image_format}"
+    buf = io.BytesIO()
+    options = {"format": "JPEG", "quality": 92} if image_format == "jpg" else {"format": "PNG"}
+    Image.fromarray(img).save(buf, **options)
+    (root / "images" / name).write_bytes(buf.getvalue())
+    layers = {"color": [maps["color"]], "object": [l for l in maps["object"] if l.any()],
+              "material": [maps["material"]] if maps["material"].any() else [],
+              "part": [maps["part"]] if maps["part"].any() else []}
+    cells = {}
+    for cat, labs in layers.items():
+        files = []
+        for k, lab in enumerate(labs):
+            fn = f"{stem}_{cat}{'' if k == 0 else k + 1}.png"
+            (root / "images" / fn).write_bytes(_png_bytes(lab))
+            files.append(fn)
+        cells[cat] = ";".join(files)
+        if labs:
+            totals.add_maps(cat, labs, seg)
+    for cat, cid in (("scene", scene_id(spec)), ("texture", _IDS["texture", TEXTURES[spec["texture"]]])):
+        cells[cat] = str(cid)
+        totals.add_image_label(cat, cid)
+    return name, cells
+
+
+def _write_tables(root: Path, rows: list, concepts: list, totals: _Totals) -> None:
+    """index.csv, label.csv, c_<cat>.csv and category.csv."""
+    freq, cover = totals.freq, totals.cover
+    _write_csv(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES], rows)
+    label_rows = [[cid, name, f"{cat}({freq[cid]})", freq[cid], _fmt(cover[cid]), ""]
+                  for cid, name, cat in concepts]
+    _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)
+    cat_rows = []
+    for cat in CATEGORIES:
+        members = [(cid, name) for cid, name, c in concepts if c == cat]
+        cat_rows.append([cat, members[0][0], members[-1][0], len(members), totals.cat_freq[cat]])
+        _write_csv(root / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"],
+                   [[0, 0, "-", 0, _fmt(0.0)]] +
+                   [[k + 1, cid, name, freq[cid], _fmt(cover[cid])] for k, (cid, name) in enumerate(members)])
+    _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
+
+
 def make_synthetic_broden(root, n_images: int = 1000, seed: int = 0, image_size: int = 112, *,
                           seg_size: int | None = None, image_format: str = "jpg",
                           noise: float = 5.0, train_fraction: float = 0.7) -> Path:
@@ -218,62 +289,14 @@ def make_synthetic_broden(root, n_images: int = 1000, seed: int = 0, image_size:
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     (root / "images" / "synthetic").mkdir(parents=True, exist_ok=True)
     concepts = synthetic_concepts()
-    C = concepts[-1][0] + 1
-    freq = np.zeros(C, np.int64)
-    cover = np.zeros(C, np.float64)
-    cat_freq = dict.fromkeys(CATEGORIES, 0)
+    totals = _Totals(concepts[-1][0] + 1)
     rows = []
     for i in range(n_images):
         spec = _sample(np.random.default_rng([seed, i]))
         spec["noise"] = noise
-        img, _ = render(spec, image_size, rgb=True)
-        _, maps = render(spec, seg, rgb=False)
-        stem = f"synthetic/{i:06d}"
-        name = f"{stem}.{image_format}"
-        buf = io.BytesIO()
-        if image_format == "jpg":
-            Image.fromarray(img).save(buf, format="JPEG", quality=92)
-        else:
-            Image.fromarray(img).save(buf, format="PNG")
-        (root / "images" / name).write_bytes(buf.getvalue())
-        layers = {"color": [maps["color"]], "object": [l for l in maps["object"] if l.any()],
-                  "material": [maps["material"]] if maps["material"].any() else [],
-                  "part": [maps["part"]] if maps["part"].any() else []}
-        cells = {}
-        for cat, labs in layers.items():
-            files = []
-            for k, lab in enumerate(labs):
-                fn = f"{stem}_{cat}{'' if k == 0 else k + 1}.png"
-                (root / "images" / fn).write_bytes(_png_bytes(lab))
-                files.append(fn)
-            cells[cat] = ";".join(files)
-            if labs:
-                cat_freq[cat] += 1
-                stack = np.stack(labs)
-                present = np.unique(stack)
-                present = present[present > 0]
-                for cid in present:
-                    cover[cid] += float((stack == cid).any(axis=0).sum()) / (seg * seg)
-                freq[present] += 1
-        for cat, cid in (("scene", scene_id(spec)), ("texture", _IDS["texture", TEXTURES[spec["texture"]]])):
-            cells[cat] = str(cid)
-            freq[cid] += 1
-            cover[cid] += 1.0
-            cat_freq[cat] += 1
+        name, cells = _write_image(root, i, spec, image_size, seg, image_format, totals)
         h = int(hashlib.md5(name.encode()).hexdigest(), 16)
         split = "train" if (h % 1000) < round(train_fraction * 1000) else "val"
         rows.append([name, split, image_size, image_size, seg, seg] + [cells[c] for c in CATEGORIES])
-    _write_csv(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES], rows)
-    label_rows = []
-    for cid, name, cat in concepts:
-        label_rows.append([cid, name, f"{cat}({freq[cid]})", freq[cid], _fmt(cover[cid]), ""])
-    _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)
-    cat_rows = []
-    for cat in CATEGORIES:
-        members = [(cid, name) for cid, name, c in concepts if c == cat]
-        cat_rows.append([cat, members[0][0], members[-1][0], len(members), cat_freq[cat]])
-        _write_csv(root / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"],
-                   [[0, 0, "-", 0, _fmt(0.0)]] +
-                   [[k + 1, cid, name, freq[cid], _fmt(cover[cid])] for k, (cid, name) in enumerate(members)])
-    _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
+    _write_tables(root, rows, concepts, totals)
     return root
