@@ -242,7 +242,7 @@ class DissectionResult:
         self.skip_reasons = {str(k): int(v) for k, v in self.skip_reasons.items()}
         self.timing = {str(k): float(v) for k, v in self.timing.items()}
         if not self.version:
-            from dissect_kernels import __version__
+            from dissect_kernels._version import __version__
             self.version = __version__
         return self
 

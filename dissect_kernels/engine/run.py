@@ -143,7 +143,7 @@ class _Run:
         label = f"{self.desc + ' ' if self.desc else ''}pass {i + 1}/{len(self.passes)}: {p.name}"
         total, per = self.source.num_samples, max(1, -(-self.source.num_samples // max(1, len(self.source))))
         with tqdm(total=total, initial=min(total, skip * per), desc=label, unit="sample",
-                  unit_scale=True, smoothing=0.05, disable=not self.show) as bar:
+                  unit_scale=total >= 100_000, smoothing=0.05, disable=not self.show) as bar:
             for b, batch in enumerate(self.source.batches(skip), start=skip):
                 if batch is not None:
                     step = self._step(batch, views, to_end)
