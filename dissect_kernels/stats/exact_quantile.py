@@ -200,16 +200,20 @@ class ExactQuantile:
                              f"got {tuple(vals.shape)}")
         squeeze = vals.dim() == 1
         vals2 = (vals[:, None] if squeeze else vals).double().contiguous()
-        st = self._state
-        if st.buffer.device.type == "cpu":
+        if self._state.buffer.device.type == "cpu":
             out = torch.empty(vals2.shape, dtype=torch.float64)
-            core().exact_cdf(state_spec(st), self._count, vals2.data_ptr(), vals2.shape[1], out.data_ptr())
+            core().exact_cdf(state_spec(self._state), self._count, vals2.data_ptr(), vals2.shape[1], out.data_ptr())
         else:
-            asc = torch.where(st.valid_mask(), st.buffer, float("inf")).double().sort(dim=1).values
-            le = torch.searchsorted(asc, vals2, right=True)
-            gt = st.kept[:, None] - torch.minimum(le, st.kept[:, None])
-            out = (self._count - gt).double() / self._count
+            out = self._cdf_torch(vals2)
         return out[:, 0] if squeeze else out
+
+    def _cdf_torch(self, vals2: torch.Tensor) -> torch.Tensor:
+        """The device path of cdf() (values [U, K] float64): the core's rule, by a sort."""
+        st = self._state
+        asc = torch.where(st.valid_mask(), st.buffer, float("inf")).double().sort(dim=1).values
+        le = torch.searchsorted(asc, vals2, right=True)
+        gt = st.kept[:, None] - torch.minimum(le, st.kept[:, None])
+        return (self._count - gt).double() / self._count
 
     def rank_error_bound(self, q=None) -> torch.Tensor:
         """[U] bound on |rank error| of quantile(q): 0 (exact)."""
