@@ -91,7 +91,7 @@ def run(backend: str, case: dict, *, per_layer: bool, touched: bool, **kw) -> Ta
     args = (acts, case["thresholds"], case["labels"], case["image_labels"], case["ytab"],
             case["xtab"], C, per_layer, case["category_of"] if touched else None,
             K if touched else None, out)
-    if kw:  # block-size overrides for the Triton kernel
+    if kw:  # block sizes, statistics or group limits for the Triton kernel
         from dissect_kernels.triton.tally import tally_into as triton_into
         triton_into(*args, **kw)
     else:

@@ -12,12 +12,14 @@ from dissect_kernels.triton import tally as tt
 
 PTRS = dict(thr="*fp32", lab="*i32", img="*i32", yi0="*i32", yi1="*i32", yw0="*fp32", yw1="*fp32",
             xi0="*i32", xi1="*i32", xw0="*fp32", xw1="*fp32", cat="*i32", inter="*i64",
-            active="*i64", amax="*fp32", touched="*u8")
+            active="*i64", amax="*fp32", touched="*u8", stats="*i64")
 
 
 def sass_counts(dtype: str, per_layer: bool, touched: bool) -> dict:
+    th, tw = tt.tile_shape(112, 112, 128)
     consts = dict(w=7, hw=49, H=112, W=112, HW=112 * 112, L=6, M=2, PER_LAYER=per_layer,
-                  HAS_TOUCHED=touched, BLOCK_U=32, BLOCK_P=128, BLOCK_S=64)
+                  HAS_TOUCHED=touched, COUNT_STATS=False, BLOCK_U=16, TILE_H=th, TILE_W=tw,
+                  BLOCK_S=64, RECT=8, MAX_GROUPS=8)
     ptrs = dict(PTRS, acts=f"*{dtype}")
     sig = {n: ptrs.get(n, "constexpr" if n in consts else ("i64" if n[0] == "s" else "i32"))
            for n in tt._tally_kernel.arg_names}
@@ -26,7 +28,8 @@ def sass_counts(dtype: str, per_layer: bool, touched: bool) -> dict:
     sass = compiled.asm["sass"]
     count = lambda pat: len(re.findall(pat, sass))  # noqa: E731
     return dict(FFMA=count(r"\bFFMA\b"), FMUL=count(r"\bFMUL\b"), FADD=count(r"\bFADD\b"),
-                atomics=count(r"\b(ATOMG?|RED|REDG)\.[A-Z.0-9]*ADD"))
+                atomics=count(r"\b(ATOMG?|RED|REDG)\.[A-Z.0-9]*ADD"),
+                local_memory=count(r"\b(STL|LDL)\b"))
 
 
 if __name__ == "__main__":

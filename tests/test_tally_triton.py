@@ -12,6 +12,7 @@ import torch
 
 from dissect_kernels.geometry import Geometry
 from _tally_cases import DTYPES, GEOMETRIES, assert_same, make_case, run
+from dissect_kernels.reference.upsample import upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -106,9 +107,9 @@ def test_triton_rounding_can_exceed_the_map_max():
 
 
 def test_triton_kernel_compiles_for_hopper_without_fma():
-    """Compile (no GPU needed; a subprocess, since the interpreter patches triton.language)
-    for sm_90 with the wrapper's launch options: the SASS must hold no fused multiply-add,
-    or GPU counts could differ from the oracle's."""
+    """Compile (no GPU needed; a subprocess, with a fresh Triton) for sm_90 with the wrapper's
+    launch options: the SASS must hold no fused multiply-add, or GPU counts could differ
+    from the oracle's, and no register spills."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -119,3 +120,70 @@ def test_triton_kernel_compiles_for_hopper_without_fma():
     assert len(counts) == 3
     for variant, c in counts.items():
         assert c["FFMA"] == 0 and c["FMUL"] > 0 and c["FADD"] > 0 and c["atomics"] > 0, (variant, c)
+        assert c["local_memory"] == 0, (variant, c)  # no register spills (STL/LDL)
+
+
+def _peaked_case(seed: int, geom: str, H: int = 40, W: int = 36):
+    """One bump per map (the rest below zero): most output tiles of a unit lie far from its
+    peak and are skipped by the tile bound; thresholds are exact upsampled values near the
+    peak (ties), so the tiles next to the skipped ones are decided at the threshold."""
+    case = make_case(seed, B=2, U=5, h=7, w=6, H=H, W=W, L=2, M=1, C=5, K=2, geom=geom)
+    g = torch.Generator().manual_seed(seed)
+    B, U, h, w = case["acts"].shape
+    acts = torch.full((B, U, h, w), -1.0)
+    for b in range(B):
+        for u in range(U):
+            i, j = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+            acts[b, u, i, j] = 3.0 + float(torch.rand(1, generator=g))
+    case["acts"] = acts.to(DEVICE)
+    up = upsample(acts, case["ytab"].to("cpu"), case["xtab"].to("cpu"))
+    flat = up.transpose(0, 1).reshape(U, -1)
+    case["thresholds"] = flat.kthvalue(flat.shape[1] - 3, dim=1).values.contiguous().to(DEVICE)
+    return case
+
+
+@pytest.mark.parametrize("geom", ["half-pixel", "zero-pad", "align-corners"])
+def test_triton_tile_skip_is_exact_and_skips(geom):
+    """Tiles whose source rectangle cannot reach the threshold are skipped: counts still equal
+    the oracle's bit for bit, and the kernel's own statistics show skipped and computed tiles."""
+    case = _peaked_case(21, geom)
+    want = run("reference", case, per_layer=False, touched=True)
+    stats = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    got = run("triton", case, per_layer=False, touched=True, block_p=32, stats=stats)
+    assert_same(got, want, geom)
+    visited, skipped = int(stats[0]), int(stats[1])
+    assert 0 < skipped < visited, stats.tolist()
+    assert want.active.sum() > 0
+
+
+def test_triton_tile_bound_ignores_rectangles_too_large_to_bound():
+    """Downsampling: a tile's source rectangle exceeds 8 x 8, so no tile is skipped by it."""
+    case = make_case(22, B=2, U=4, h=20, w=19, H=5, W=6, L=1, M=0, C=4, K=2, geom="half-pixel")
+    stats = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+    want = run("reference", case, per_layer=False, touched=False)
+    got = run("triton", case, per_layer=False, touched=False, block_p=16, stats=stats)
+    assert_same(got, want, "downsampling")
+    assert int(stats[0]) > 0 and int(stats[1]) == 0, stats.tolist()
+
+
+@pytest.mark.parametrize("max_groups,labels", [(8, "blobs"), (1, "noise"), (2, "noise")])
+def test_triton_aggregated_atomics(max_groups, labels):
+    """Counter updates are summed per (unit, concept) over a tile before the atomic add: with
+    blobby labels far fewer atomics than label hits; with noisy labels and few groups the
+    per-element rest path runs too. Counts equal the oracle's either way (touched too)."""
+    case = make_case(23, B=2, U=6, h=4, w=4, H=16, W=16, L=2, M=1, C=9, K=3)
+    if labels == "blobs":  # 4 x 4 blocks of one concept per layer
+        g = torch.Generator().manual_seed(1)
+        coarse = torch.randint(0, 9, (2, 2, 4, 4), generator=g, dtype=torch.int32)
+        case["labels"] = coarse.repeat_interleave(4, 2).repeat_interleave(4, 3).contiguous().to(DEVICE)
+    case["thresholds"] = torch.full((6,), -10.0, device=DEVICE)  # every pixel active
+    for per_layer, touched in ((False, False), (True, True)):
+        want = run("reference", case, per_layer=per_layer, touched=touched)
+        stats = torch.zeros(4, dtype=torch.int64, device=DEVICE)
+        got = run("triton", case, per_layer=per_layer, touched=touched, block_p=64, stats=stats,
+                  max_groups=max_groups)
+        assert_same(got, want, f"{labels} max_groups={max_groups} per_layer={per_layer}")
+        hits, atomics = int(stats[2]), int(stats[3])
+        assert 0 < atomics < hits, stats.tolist()
+        if labels == "blobs":
+            assert atomics * 8 <= hits

@@ -1,5 +1,8 @@
-"""Triton tally: one program per (image, block of units) walks the output pixels in blocks,
-interpolating in tally.h's exact fp32 order (launched with enable_fp_fusion=False).
+"""Triton tally: one program per (image, block of units) walks the output pixels in 2-D tiles,
+interpolating in tally.h's exact fp32 order (launched with enable_fp_fusion=False). Two things
+keep the work and the atomics near the CUDA kernel's: a tile whose source rectangle cannot
+lift any unit of the block over its threshold is skipped (the C++ kernel's bound, per tile),
+and counter updates are aggregated per (unit, concept) over the tile before the atomic add.
 Map/label extents are constexpr (one compile per shape): loop bounds that are runtime scalars
 break Triton 3.6's interpreter under NumPy >= 2.4 (int() of a 1-element array)."""
 from __future__ import annotations
@@ -12,16 +15,17 @@ from dissect_kernels.triton import launch
 from dissect_kernels.geometry import AxisTable
 
 # fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
-LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
+LAUNCH_OPTIONS = dict(num_warps=8, enable_fp_fusion=False)
 
 
 @triton.jit
 def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1,
-                  cat, inter, active, amax, touched,
+                  cat, inter, active, amax, touched, stats,
                   U, C, K, w: tl.constexpr, hw: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                   HW: tl.constexpr, L: tl.constexpr, M: tl.constexpr,
-                  PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr,
-                  BLOCK_U: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
+                  PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr, COUNT_STATS: tl.constexpr,
+                  BLOCK_U: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                  BLOCK_S: tl.constexpr, RECT: tl.constexpr, MAX_GROUPS: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     u = tl.program_id(1).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U).to(tl.int64)
     um = u < U
@@ -51,56 +55,110 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
     convex = tl.min(pair_min, axis=0) >= 1.0 - 1e-6
     mx_u = tl.where(um, mx, 0.0)  # padding units: keep -inf + inf out of the bound
     mag = tl.maximum(tl.abs(mx_u), tl.abs(tl.where(um, mn, 0.0)))
-    bound = tl.where(convex, mx_u, tl.maximum(mx_u, 0.0)) + 4e-6 * mag + 1e-36
+    slack = 4e-6 * mag + 1e-36
+    bound = tl.where(convex, mx_u, tl.maximum(mx_u, 0.0)) + slack
     live = um & (bound > t)
 
     lab_b = lab + b * L * HW
     img_b = img + b * M
     count = tl.zeros([BLOCK_U], tl.int64)
+    q = tl.arange(0, TILE_H * TILE_W)
+    j = tl.arange(0, RECT * RECT)
     if tl.sum(live.to(tl.int32), axis=0) > 0:
-        for p0 in range(0, HW, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            pm = p < HW
-            y = p // W
-            x = p % W
-            iy0 = tl.load(yi0 + y, mask=pm, other=0).to(tl.int64)
-            iy1 = tl.load(yi1 + y, mask=pm, other=0).to(tl.int64)
-            wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
-            wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
-            ix0 = tl.load(xi0 + x, mask=pm, other=0).to(tl.int64)
-            ix1 = tl.load(xi1 + x, mask=pm, other=0).to(tl.int64)
-            wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
-            wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
-            m2 = live[:, None] & pm[None, :]
-            row0 = ubase[:, None] + (iy0 * s2)[None, :]
-            row1 = ubase[:, None] + (iy1 * s2)[None, :]
-            a00 = tl.load(row0 + (ix0 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
-            a01 = tl.load(row0 + (ix1 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
-            a10 = tl.load(row1 + (ix0 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
-            a11 = tl.load(row1 + (ix1 * s3)[None, :], mask=m2, other=0.0).to(tl.float32)
-            r0 = wx0[None, :] * a00 + wx1[None, :] * a01
-            r1 = wx0[None, :] * a10 + wx1[None, :] * a11
-            v = wy0[None, :] * r0 + wy1[None, :] * r1
-            act = (v > t[:, None]) & m2
-            n_act = tl.sum(act.to(tl.int64), axis=1)
-            count += n_act
-            if tl.sum(n_act, axis=0) > 0:
-                pix = tl.max(act.to(tl.int32), axis=0) > 0  # [BLOCK_P]: any unit active here
-                for layer in range(0, L):
-                    c = tl.load(lab_b + layer * HW + p, mask=pix, other=0)
-                    ok = pix & (c > 0)
-                    if not PER_LAYER:
-                        for l2 in range(0, layer):
-                            ok = ok & (tl.load(lab_b + l2 * HW + p, mask=pix, other=0) != c)
-                        for m in range(0, M):
-                            ok = ok & (tl.load(img_b + m) != c)
-                    hit = act & ok[None, :]
-                    tl.atomic_add(inter + u[:, None] * C + c[None, :], hit.to(tl.int64), mask=hit,
-                                  sem="relaxed")
-                    if HAS_TOUCHED:
-                        k = tl.load(cat + c, mask=ok, other=0)
-                        tl.store(touched + (b * U + u[:, None]) * K + k[None, :],
-                                 tl.full([BLOCK_U, BLOCK_P], 1, tl.uint8), mask=hit)
+        for ty0 in range(0, H, TILE_H):
+            for tx0 in range(0, W, TILE_W):
+                y = ty0 + q // TILE_W
+                x = tx0 + q % TILE_W
+                pm = (y < H) & (x < W)
+                p = y * W + x
+                iy0 = tl.load(yi0 + y, mask=pm, other=0)
+                iy1 = tl.load(yi1 + y, mask=pm, other=0)
+                ix0 = tl.load(xi0 + x, mask=pm, other=0)
+                ix1 = tl.load(xi1 + x, mask=pm, other=0)
+                # Tile bound: every value of this output tile blends source taps from the
+                # rectangle [r_lo, r_hi] x [c_lo, c_hi], so the map bound above holds with the
+                # rectangle's max in place of the map's (same slack: |taps| <= mag). A unit
+                # whose rectangle bound is <= t has no active pixel in the tile (exact skip).
+                r_lo = tl.min(tl.where(pm, tl.minimum(iy0, iy1), 2147483647), axis=0)
+                r_hi = tl.max(tl.where(pm, tl.maximum(iy0, iy1), -1), axis=0)
+                c_lo = tl.min(tl.where(pm, tl.minimum(ix0, ix1), 2147483647), axis=0)
+                c_hi = tl.max(tl.where(pm, tl.maximum(ix0, ix1), -1), axis=0)
+                fits = (r_hi - r_lo < RECT) & (c_hi - c_lo < RECT)
+                rr = r_lo + j // RECT
+                cc = c_lo + j % RECT
+                rm = live[:, None] & ((rr <= r_hi) & (cc <= c_hi) & fits)[None, :]
+                rect = tl.load(ubase[:, None] + (rr.to(tl.int64) * s2 + cc.to(tl.int64) * s3)[None, :],
+                               mask=rm, other=0.0).to(tl.float32)
+                tmax = tl.max(tl.where(rm, rect, float("-inf")), axis=1)
+                tbound = tl.where(convex, tmax, tl.maximum(tmax, 0.0)) + slack
+                tile_live = live & ((tbound > t) | ~fits)
+                n_live = tl.sum(tile_live.to(tl.int32), axis=0)
+                if COUNT_STATS:
+                    tl.atomic_add(stats + 0, 1, sem="relaxed")
+                    tl.atomic_add(stats + 1, (n_live == 0).to(tl.int64), sem="relaxed")
+                if n_live > 0:
+                    wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
+                    wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
+                    wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
+                    wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
+                    m2 = tile_live[:, None] & pm[None, :]
+                    row0 = ubase[:, None] + (iy0.to(tl.int64) * s2)[None, :]
+                    row1 = ubase[:, None] + (iy1.to(tl.int64) * s2)[None, :]
+                    col0 = (ix0.to(tl.int64) * s3)[None, :]
+                    col1 = (ix1.to(tl.int64) * s3)[None, :]
+                    a00 = tl.load(row0 + col0, mask=m2, other=0.0).to(tl.float32)
+                    a01 = tl.load(row0 + col1, mask=m2, other=0.0).to(tl.float32)
+                    a10 = tl.load(row1 + col0, mask=m2, other=0.0).to(tl.float32)
+                    a11 = tl.load(row1 + col1, mask=m2, other=0.0).to(tl.float32)
+                    r0 = wx0[None, :] * a00 + wx1[None, :] * a01
+                    r1 = wx0[None, :] * a10 + wx1[None, :] * a11
+                    v = wy0[None, :] * r0 + wy1[None, :] * r1
+                    act = (v > t[:, None]) & m2
+                    n_act = tl.sum(act.to(tl.int64), axis=1)
+                    count += n_act
+                    if tl.sum(n_act, axis=0) > 0:
+                        pix = tl.max(act.to(tl.int32), axis=0) > 0  # [TILE]: any unit active here
+                        for layer in range(0, L):
+                            c = tl.load(lab_b + layer * HW + p, mask=pix, other=0)
+                            ok = pix & (c > 0)
+                            if not PER_LAYER:
+                                for l2 in range(0, layer):
+                                    ok = ok & (tl.load(lab_b + l2 * HW + p, mask=pix, other=0) != c)
+                                for m in range(0, M):
+                                    ok = ok & (tl.load(img_b + m) != c)
+                            # Aggregated counter updates: one atomic per (unit, concept) of the
+                            # tile for up to MAX_GROUPS concepts (labels come in blobs, so a
+                            # tile holds few), one per unit-pixel for any rest (with `touched`,
+                            # whose per-element stores would spill registers, the loop runs on
+                            # instead). Only the per-pixel mask of concepts still to emit is
+                            # carried, not a [units, pixels] one.
+                            todo = ok
+                            n_todo = tl.sum(todo.to(tl.int32), axis=0)
+                            if COUNT_STATS:
+                                hits = tl.sum(tl.sum((act & ok[None, :]).to(tl.int64), axis=1), axis=0)
+                                tl.atomic_add(stats + 2, hits, sem="relaxed")
+                            groups = tl.full([], 0, tl.int32)
+                            while (n_todo > 0) & ((groups < MAX_GROUPS) | HAS_TOUCHED):
+                                cmax = tl.max(tl.where(todo, c, -1), axis=0)
+                                sel = act & (todo & (c == cmax))[None, :]
+                                n = tl.sum(sel.to(tl.int64), axis=1)
+                                tl.atomic_add(inter + u * C + cmax, n, mask=n > 0, sem="relaxed")
+                                if HAS_TOUCHED:
+                                    k = tl.load(cat + cmax)
+                                    tl.store(touched + (b * U + u) * K + k, tl.full([BLOCK_U], 1, tl.uint8),
+                                             mask=n > 0)
+                                if COUNT_STATS:
+                                    tl.atomic_add(stats + 3, tl.sum((n > 0).to(tl.int64), axis=0), sem="relaxed")
+                                todo = todo & (c != cmax)
+                                n_todo = tl.sum(todo.to(tl.int32), axis=0)
+                                groups += 1
+                            if n_todo > 0:
+                                left = act & todo[None, :]
+                                tl.atomic_add(inter + u[:, None] * C + c[None, :], left.to(tl.int64),
+                                              mask=left, sem="relaxed")
+                                if COUNT_STATS:
+                                    tl.atomic_add(stats + 3, tl.sum(tl.sum(left.to(tl.int64), axis=1), axis=0),
+                                                  sem="relaxed")
 
     tl.store(active + b * U + u, count, mask=um)
     tl.store(amax + b * U + u, mx, mask=um)
@@ -119,30 +177,43 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
             tl.store(touched + (b * U + u) * K + k, tl.full([BLOCK_U], 1, tl.uint8), mask=hit)
 
 
+def tile_shape(H: int, W: int, block_p: int) -> tuple[int, int]:
+    """(TILE_H, TILE_W) with TILE_H * TILE_W = block_p: rows of up to 32 pixels (4 x 32 at the
+    default 128 keeps every variant free of register spills on sm_90 with 8 warps; 8 x 16
+    does not), narrower for narrow maps."""
+    tw = min(32, triton.next_power_of_2(W), block_p)
+    return max(1, block_p // tw), tw
+
+
 def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: AxisTable,
                num_concepts, per_layer, category_of, num_categories, out, *,
-               block_u: int | None = None, block_p: int | None = None) -> None:
+               block_u: int | None = None, block_p: int | None = None, stats=None,
+               max_groups: int = 8) -> None:
     """Same contract as reference.tally.tally_into: intersection +=, active/max/touched
-    written. labels int32 contiguous, thresholds fp32, tables on acts' device."""
+    written. labels int32 contiguous, thresholds fp32, tables on acts' device.
+    stats (int64 [4] on the device, added to): output tiles visited, tiles skipped by the
+    tile bound, label hits (unit-pixel-concept updates), atomics issued for them."""
     B, U, h, w = acts.shape
     _, L, H, W = labels.shape
     M = 0 if image_labels is None else image_labels.shape[1]
     has_touched = out.touched is not None
     if has_touched:
         out.touched.zero_()  # stream-ordered before the kernel, which only sets ones
-    bu = block_u or min(16, triton.next_power_of_2(U))  # 16x128 on sm_90: 128 regs, no spill
+    bu = block_u or min(16, triton.next_power_of_2(U))  # 16 x (4 x 32), 8 warps: no spills on sm_90
     bp = block_p or min(128, max(16, triton.next_power_of_2(H * W)))
+    th, tw = tile_shape(H, W, bp)
     bs = min(64, max(16, triton.next_power_of_2(max(h * w, H, W))))
     grid = (B, triton.cdiv(U, bu))
     launch(_tally_kernel, grid,
-        acts, *acts.stride(), thresholds, labels,
-        image_labels if image_labels is not None else labels,
-        *ytab, *xtab,
-        category_of if category_of is not None else labels,
-        out.intersection, out.active, out.max,
-        out.touched if has_touched else out.active,
-        U, num_concepts, num_categories or 1, w, h * w, H, W, H * W, L, M,
-        PER_LAYER=bool(per_layer), HAS_TOUCHED=has_touched,
-        BLOCK_U=bu, BLOCK_P=bp, BLOCK_S=bs,
-        **LAUNCH_OPTIONS,
+           acts, *acts.stride(), thresholds, labels,
+           image_labels if image_labels is not None else labels,
+           *ytab, *xtab,
+           category_of if category_of is not None else labels,
+           out.intersection, out.active, out.max,
+           out.touched if has_touched else out.active,
+           stats if stats is not None else out.active,
+           U, num_concepts, num_categories or 1, w, h * w, H, W, H * W, L, M,
+           PER_LAYER=bool(per_layer), HAS_TOUCHED=has_touched, COUNT_STATS=stats is not None,
+           BLOCK_U=bu, TILE_H=th, TILE_W=tw, BLOCK_S=bs, RECT=8, MAX_GROUPS=max_groups,
+           **LAUNCH_OPTIONS,
     )
