@@ -120,11 +120,7 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
     q = conv.quantile if quantile is None else float(quantile)
     if q is None or not 0.0 < q < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {q!r} (convention {conv.name!r})")
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise ValueError("layers is empty: name at least one module of the model")
-    for name in names:
-        hooks.get_module(model, name)
+    names = hooks.layer_names(model, layers)
     if len(dataset) == 0:
         raise ValueError("dataset is empty: nothing to dissect")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

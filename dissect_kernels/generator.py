@@ -129,11 +129,7 @@ def _checked(generator, layers, convention, quantile_mode, num_samples, batch_si
                          "dissection does not use; choose 'exact' or 'gandissect'")
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be an nn.Module, got {type(generator).__name__}")
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    if not layers:
-        raise ValueError("layers is empty")
-    for name in layers:
-        hooks.get_module(generator, name)
+    layers = hooks.layer_names(generator, layers)
     for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
