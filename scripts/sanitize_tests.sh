@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build the CPU module _C with AddressSanitizer + UndefinedBehaviorSanitizer into build/asan
-# (the normal build is untouched) and run the tests that exercise _C against that build.
+# Build the CPU module _C and the C library (libdissect_kernels.so, the C ABI) with
+# AddressSanitizer + UndefinedBehaviorSanitizer into build/asan (the normal build is untouched),
+# run the core's ctest programs (C ABI, exact-quantile state machine; leak checking on), and run
+# the tests that exercise _C or the C library against that build.
 #
 #   scripts/sanitize_tests.sh            # from CI (.ci/run) after the main test run
 #
@@ -9,8 +11,9 @@
 # through DK_NATIVE_DIR (dissect_kernels/_native.py). Python is not built with ASan, so the gcc
 # runtimes are LD_PRELOADed; leak checking is off (CPython leaks by design at exit). The
 # kernels and their bindings are instrumented; any report fails the run (exit 86 ASan, 87 UBSan).
-# Tests: tests/test_<op>*.py for every csrc/cpu/<op>.cpp plus test files that load _C
-# themselves, minus their triton/cuda cases (-k), with -x.
+# Tests: tests/test_<op>*.py for every csrc/cpu/<op>.cpp plus test files that load _C or the C
+# library (dissect_kernels.clib / tests/capi_ctypes.py) themselves, minus their triton/cuda cases
+# (-k), with -x.
 # Checked 2026-11-22: an injected one-past-the-end write in csrc/cpu/tally.cpp's load_map gives
 # "heap-buffer-overflow ... WRITE of size 4 ... tally.cpp:87" and exit 86; an injected signed
 # int overflow gives "runtime error: signed integer overflow" and exit 87.
@@ -51,9 +54,13 @@ cmake -S . -B "$BUILD" "${gen[@]}" -Wno-dev \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$LIB" \
   -DPython_EXECUTABLE="$(command -v "$PY")" \
   -Dpybind11_DIR="$pybind11_dir" >/dev/null
-cmake --build "$BUILD" --target _C --parallel "${DK_BUILD_JOBS:-1}"
-ls "$LIB"/_C*.so >/dev/null
+cmake --build "$BUILD" --target _C dissect_kernels test_capi test_exact_quantile --parallel "${DK_BUILD_JOBS:-1}"
+ls "$LIB"/_C*.so "$LIB"/libdissect_kernels.so >/dev/null
 built=$(date +%s)
+
+# --- the core's C/C++ tests (instrumented programs; leaks are reported here) ---------------
+ASAN_OPTIONS="halt_on_error=1:exitcode=86" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=87" \
+  ctest --test-dir "$BUILD" --output-on-failure
 
 # --- which tests exercise _C ---------------------------------------------------------------
 # For every kernel csrc/cpu/<op>.cpp its tests/test_<op>*.py (the one-op-one-name layout), plus
@@ -63,7 +70,7 @@ if [ -n "${DK_SANITIZE_TESTS:-}" ]; then
 else
   mapfile -t tests < <({ for src in csrc/cpu/*.cpp; do
       op=$(basename "$src" .cpp); ls tests/test_"$op"*.py 2>/dev/null || true; done
-    grep -lE "native\([\"']_C[\"']\)|dissect_kernels\._C\b|import _C\b" tests/test_*.py || true
+    grep -lE "native\([\"']_C[\"']\)|dissect_kernels\._C\b|import _C\b|capi_ctypes|dissect_kernels\.clib" tests/test_*.py || true
   } | sort -u)
 fi
 if [ ${#tests[@]} -eq 0 ]; then
