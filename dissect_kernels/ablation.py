@@ -10,8 +10,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dissect_kernels import hooks
 from dissect_kernels.engine import CheckpointSpec, LoaderSource, Pass, run_passes
+from dissect_kernels.engine.layers import LayerSpec, as_specs
 from dissect_kernels.intervene import check_unit_ids, intervene
 from dissect_kernels.stats.confusion import add_confusion, confusion_metrics, empty_confusion
 
@@ -59,9 +59,10 @@ class AblationConfusion:
 
     needs_output = True
 
-    def __init__(self, layer: str, sets_of, *, num_classes: int, multilabel: bool, units, chunk_size,
+    def __init__(self, spec: LayerSpec, sets_of, *, num_classes: int, multilabel: bool, units, chunk_size,
                  device):
-        self.layers, self.sets_of, self.C, self.multilabel = (layer,), sets_of, num_classes, multilabel
+        self.spec, self.layers = spec, (spec.key,)
+        self.sets_of, self.C, self.multilabel = sets_of, num_classes, multilabel
         self.units_arg, self.chunk_size, self.device = units, chunk_size, device
         self.state: dict[str, torch.Tensor] = {}
         self.sets = None
@@ -90,7 +91,7 @@ class AblationConfusion:
         if not self.state:
             self._start(step.acts[self.layers[0]].shape[1])
         chunk = self.chunk_size or max(1, 4096 // max(1, x.shape[0]))
-        ablated = intervene(step.model, self.layers[0], self.sets, x, measure=self.decide, chunk_size=chunk)
+        ablated = intervene(step.model, self.spec, self.sets, x, measure=self.decide, chunk_size=chunk)
         pred = torch.cat([self.decide(step.output)[None], ablated])
         add_confusion(self.state, pred, y, self.multilabel)
 
@@ -130,7 +131,7 @@ def topn_sets(ranking: torch.Tensor, units: torch.Tensor, top_n: torch.Tensor, U
     return torch.stack([top, rest], dim=1).reshape(C * 2 * T, U).float()
 
 
-def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: int,
+def classifier_ablation(model: nn.Module, layer: "str | LayerSpec", loader, *, num_classes: int,
                         units: Sequence[int] | torch.Tensor | None = None,
                         top_n: Sequence[int] = (1, 2, 3, 4, 5, 20), device=None,
                         progress: bool = True, ranking: torch.Tensor | None = None,
@@ -159,7 +160,7 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     top_n = torch.as_tensor(list(top_n), dtype=torch.int64)
     if top_n.dim() != 1 or top_n.numel() == 0 or int(top_n.min()) < 1:
         raise ValueError(f"top_n must be a non-empty list of positive ints, got {top_n.tolist()}")
-    hooks.get_module(model, layer)
+    spec = as_specs(model, layer)[0]
     device = torch.device(device) if device is not None else \
         next((p.device for p in model.parameters()), torch.device("cpu"))
     conf = dict(num_classes=num_classes, multilabel=multilabel, units=units, chunk_size=chunk_size,
@@ -167,22 +168,22 @@ def classifier_ablation(model: nn.Module, layer: str, loader, *, num_classes: in
     passes = []
     if ranking is None:
         passes.append(Pass("single", lambda r: {"confusion": AblationConfusion(
-            layer, lambda U, ids: ids[:, None], **conf)}))
+            spec, lambda U, ids: ids[:, None], **conf)}))
 
     def plan(results):
         rank = _ranking(results["single"]["confusion"]) if ranking is None else \
             torch.as_tensor(ranking).long().cpu()
-        return {"confusion": AblationConfusion(layer, lambda U, ids: _plan(rank, ids, top_n, U, num_classes),
+        return {"confusion": AblationConfusion(spec, lambda U, ids: _plan(rank, ids, top_n, U, num_classes),
                                                **conf)}
 
     passes.append(Pass("top-n", plan))
     ckpt = None if checkpoint_dir is None else CheckpointSpec(checkpoint_dir, checkpoint_name, dict(
-        layer=layer, num_classes=num_classes, units=None if units is None else torch.as_tensor(units).tolist(),
+        layer=repr(spec), num_classes=num_classes, units=None if units is None else torch.as_tensor(units).tolist(),
         top_n=top_n.tolist(), multilabel=multilabel, chunk_size=chunk_size,
         ranking=None if ranking is None else torch.as_tensor(ranking).tolist(),
         data=checkpoint_key or {}), checkpoint_interval)
     source = LoaderSource(loader, lambda item: _convert(item, num_classes, multilabel))
-    out = run_passes(model, source, passes, layers=[layer], device=device, progress=progress,
+    out = run_passes(model, source, passes, layers=[spec], device=device, progress=progress,
                      checkpoint=ckpt, check_finite=False, desc="ablation")
     return _result(out.results, top_n, ranking)
 

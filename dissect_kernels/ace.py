@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from dissect_kernels.engine.layers import LayerSpec
 from dissect_kernels.engine import CheckpointSpec, IndexSource, Pass, run_passes
 from dissect_kernels.gan_setup import GanSetup, edit_positions, value_pass
 from dissect_kernels.intervene import intervene
@@ -77,7 +78,7 @@ class EffectCounts:
     def _edited(self, step, mode: str) -> torch.Tensor:
         st = self.setup
         pos = edit_positions(self.positions, step.indices, st.device)
-        return intervene(step.model, st.layer, self.sets, step.inputs, mode=mode, positions=pos,
+        return intervene(step.model, st.spec, self.sets, step.inputs, mode=mode, positions=pos,
                          values=self.value if mode == "insert" else None, measure=st.count,
                          chunk_size=self.chunk_size).sum(1).cpu()
 
@@ -123,14 +124,14 @@ def _effects(st: GanSetup, sets, mode: str, value, positions, num_samples: int, 
         positions=None if positions is None else positions.tolist(), num_samples=num_samples,
         batch_size=batch_size, **st.key()), interval)
     out = run_passes(st.generator, IndexSource(num_samples, st.z_of, batch_size=batch_size), passes,
-                     layers=[st.layer], device=st.device, progress=progress, checkpoint=ckpt,
+                     layers=[st.spec], device=st.device, progress=progress, checkpoint=ckpt,
                      check_finite=False, desc=name)
     counts = out.results["effect"]["effect"]
     frac = {k: v.double() / (num_samples * st.pixels) for k, v in counts.items()}
     return frac, (st.value_from(value, out.results) if inserts else None)
 
 
-def ace(generator: nn.Module, layer: str, units: "int | Sequence[int]", segmenter, concept, *,
+def ace(generator: nn.Module, layer: "str | LayerSpec", units: "int | Sequence[int]", segmenter, concept, *,
         num_samples: int, seed: int = 0, mode: str = "insert_minus_ablate", value=None,
         positions: torch.Tensor | None = None, batch_size: int = 32, z_sampler: Callable | None = None,
         z_dim: int | None = None, device=None, progress: bool = False,
@@ -156,7 +157,7 @@ def ace(generator: nn.Module, layer: str, units: "int | Sequence[int]", segmente
                      None if k is None else k.cpu())
 
 
-def rank_units_by_ace(generator: nn.Module, layer: str, segmenter, concept, *, num_samples: int,
+def rank_units_by_ace(generator: nn.Module, layer: "str | LayerSpec", segmenter, concept, *, num_samples: int,
                       seed: int = 0, mode: str = "insert_minus_ablate", value=None,
                       positions: torch.Tensor | None = None, batch_size: int = 16,
                       chunk_size: int | None = None, z_sampler: Callable | None = None,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dissect_kernels.engine.layers import LayerSpec
 from dissect_kernels.engine import IndexSource, Pass, run_passes
 from dissect_kernels.gan_setup import GanSetup, value_pass
 from dissect_kernels.intervene import intervene
@@ -52,7 +53,7 @@ class GDPairs:
         cand = torch.topk(r, PAIR_CANDIDATES, dim=1).indices
         cand = torch.where(absent.gather(1, cand), cand, cand[:, :1])
         pos = F.one_hot(cand.t(), st.cells).float().view(PAIR_CANDIDATES, len(step.indices), *st.grid)
-        gain = intervene(step.model, st.layer, torch.ones(1, st.U).expand(PAIR_CANDIDATES, -1),
+        gain = intervene(step.model, st.spec, torch.ones(1, st.U).expand(PAIR_CANDIDATES, -1),
                          step.inputs, mode="insert", values=self.k, positions=pos,
                          measure=st.fraction).cpu()                          # [cand, B]
         iloc = cand.gather(1, gain.t().argmax(1, keepdim=True))[:, 0]
@@ -74,7 +75,7 @@ class GDPairs:
         return {k: torch.cat([p[j] for p in self.parts]) for j, k in enumerate(("indices", "aloc", "iloc"))}
 
 
-def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam: float = 0.005,
+def optimize_alpha(generator: nn.Module, layer: "str | LayerSpec", segmenter, concept, *, lam: float = 0.005,
                    lr: float = 0.01, steps: int | None = None, epochs: int | None = None,
                    num_samples: int = 1000, batch_size: int | None = None, seed: int = 0,
                    value=None, preset: str = "exact", reproduce_ploc_bug: bool = False,
@@ -128,7 +129,7 @@ def optimize_alpha(generator: nn.Module, layer: str, segmenter, concept, *, lam:
 
 def _run(st: GanSetup, passes, num_samples: int, batch_size: int, progress: bool):
     return run_passes(st.generator, IndexSource(num_samples, st.z_of, batch_size=batch_size), passes,
-                      layers=[st.layer], device=st.device, progress=progress, distributed=False,
+                      layers=[st.spec], device=st.device, progress=progress, distributed=False,
                       check_finite=False, desc="alpha").results
 
 
@@ -144,8 +145,8 @@ def _fit_everywhere(st, alpha, opt, k, score, lam, steps, bs, num_samples) -> li
     mean = lambda img: score(img).mean((1, 2))                     # noqa: E731
     for step in range(steps):
         z = st.z_of(torch.arange(step * bs, (step + 1) * bs) + num_samples)  # fresh z, not the stats'
-        abl = intervene(st.generator, st.layer, alpha[None], z, mode="ablate", measure=mean)
-        ins = intervene(st.generator, st.layer, alpha[None], z, mode="insert", values=k, measure=mean)
+        abl = intervene(st.generator, st.spec, alpha[None], z, mode="ablate", measure=mean)
+        ins = intervene(st.generator, st.spec, alpha[None], z, mode="insert", values=k, measure=mean)
         loss = abl.mean() - ins.mean() + lam * (alpha ** 2).sum()
         opt.zero_grad()
         loss.backward()
@@ -169,9 +170,9 @@ def _fit_pairs(st, alpha, opt, k, score, lam, epochs, bs, pairs, ploc_bug, accum
             z = st.z_of(idx)
             acells = F.one_hot(aloc, st.cells).float().view(-1, *st.grid)
             icells = F.one_hot(iloc, st.cells).float().view(-1, *st.grid)
-            abl = intervene(st.generator, st.layer, alpha[None], z, mode="ablate", positions=acells,
+            abl = intervene(st.generator, st.spec, alpha[None], z, mode="ablate", positions=acells,
                             measure=pooled)[0]
-            ins = intervene(st.generator, st.layer, alpha[None], z, mode="insert", values=k,
+            ins = intervene(st.generator, st.spec, alpha[None], z, mode="insert", values=k,
                             positions=icells, measure=pooled)[0]
             read = aloc if ploc_bug else iloc
             loss = abl.gather(1, aloc[:, None].to(abl.device)).sum() - \

@@ -7,15 +7,15 @@ a report will show them). `rotation=seed` adds, per layer, a view of the same la
 random orthogonal rotation of its units: the NetDissect axis-alignment test."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 
-from dissect_kernels import hooks
 from dissect_kernels.conventions import Convention, get_convention
 from dissect_kernels.engine import (CheckpointSpec, DatasetSource, LayerView, Pass, RunOutput,
                                     dataset_identity, run_passes)
+from dissect_kernels.engine.layers import LayerSpec, as_specs
 from dissect_kernels.engine.layer_stats import (ExemplarMasks, LayerQuantiles, LayerTally, LayerTopK,
                                                 tally_from_counts)
 from dissect_kernels.geometry import Geometry
@@ -57,6 +57,7 @@ class Plan:
     device: torch.device
     exemplars: bool
     model_name: str = ""
+    rotated: dict = field(default_factory=dict)     # view name -> (seed, the layer it rotates)
 
     def geometry_for(self, module: str):
         """(h, w), (H, W) -> the upsampling geometry of `module`'s maps (see Convention)."""
@@ -101,7 +102,7 @@ class Plan:
         return accs
 
 
-def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
+def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | LayerSpec]", dataset, *,
             convention: "str | Convention" = "exact", quantile: float | None = None,
             geometry=None, receptive_fields: dict | None = None, batch_size: int = 32,
             device=None, out_dir=None, progress: bool = True, backend: str = "auto",
@@ -110,7 +111,9 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
             resume: bool = True) -> DissectionResult:
     """Dissect `layers` of `model` on a Broden-format `dataset` (see BrodenDataset).
 
-    Returns a DissectionResult; with out_dir, also writes results.safetensors, units.csv,
+    `layers`: module names or dk.LayerSpecs (token, NHWC and sequence-first layouts, a tensor
+    selected from a tuple/dict output, a module's input). Returns a DissectionResult; with
+    out_dir, also writes results.safetensors, units.csv,
     summary.json and report.html there (from rank 0 only under torch.distributed), and
     checkpoints into out_dir/.checkpoint so that a rerun with identical inputs resumes.
     `rotation=seed` adds, per layer, the same layer under a random orthogonal rotation of its
@@ -120,16 +123,16 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
     q = conv.quantile if quantile is None else float(quantile)
     if q is None or not 0.0 < q < 1.0:
         raise ValueError(f"quantile must lie in (0, 1), got {q!r} (convention {conv.name!r})")
-    names = hooks.layer_names(model, layers)
+    specs = as_specs(model, layers)
     if len(dataset) == 0:
         raise ValueError("dataset is empty: nothing to dissect")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    views = [LayerView(n, n) for n in names]
-    if rotation is not None:
-        views += [LayerView(f"{n}@rot{rotation}", n, Rotation(rotation)) for n in names]
+    views = [LayerView.of(s) for s in specs]
+    rotated = {} if rotation is None else {f"{s.key}@rot{rotation}": (int(rotation), s.key) for s in specs}
+    views += [LayerView.of(s, name, Rotation(rotation)) for s, name in zip(specs, rotated)]
     plan = Plan(conv, q, views, dataset, geometry, receptive_fields, top_k or conv.top_images,
                 quantile_mode, backend, device, exemplars=out_dir is not None and report,
-                model_name=type(model).__name__)
+                model_name=type(model).__name__, rotated=rotated)
     source = DatasetSource(dataset, batch_size=batch_size, num_workers=num_workers,
                            drop_categories=conv.excluded_categories,
                            pin_memory=device.type == "cuda")
@@ -138,7 +141,7 @@ def dissect(model: torch.nn.Module, layers: "str | Iterable[str]", dataset, *,
         from dissect_kernels.io import ensure_dir
         ensure_dir(out_dir)          # an unwritable out_dir fails now, not after both passes
         ckpt = CheckpointSpec(out_dir, "dissect", dict(
-            layers=names, dataset=dataset_identity(dataset), convention=conv.name, quantile=q,
+            layers=[repr(s) for s in specs], dataset=dataset_identity(dataset), convention=conv.name, quantile=q,
             geometry=str(geometry), receptive_fields=receptive_fields, batch_size=batch_size,
             rotation=rotation, top_k=plan.k, quantile_mode=quantile_mode), checkpoint_interval, resume)
 
@@ -162,15 +165,15 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
         tally = tally_from_counts(res["tally"][f"{v.name}/counts"], plan.conv)
         label, best = tally.best()
         top = res["quantiles"][f"{v.name}/topk"]
-        rotated = isinstance(v.transform, Rotation)
+        seed, of = plan.rotated.get(v.name, (None, None))
         layers.append(LayerResult.build(
             v.name, tally.iou(), res["quantiles"][f"{v.name}/threshold"], label, best,
             iqr=tally.iqr() if plan.conv.detector_iqr is not None else None,
             concept_names=ds.concept_names, category_names=ds.category_names,
             category_of=torch.as_tensor(ds.category_of, dtype=torch.int64), convention=plan.conv,
             counts=tally.state_dict(), topk_indices=top["indices"], topk_values=top["values"],
-            rotation=random_rotation(tally.num_units, v.transform.seed) if rotated else None,
-            rotation_info={"seed": v.transform.seed, "of": v.module} if rotated else {}))
+            rotation=None if seed is None else random_rotation(tally.num_units, seed),
+            rotation_info={} if seed is None else {"seed": seed, "of": of}))
     unreadable = output.skips.get("unreadable", {})
     reasons = {reason: len(items) for reason, items in output.skips.items()}
     return DissectionResult(

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dissect_kernels import hooks
 from dissect_kernels.engine import LayerView, Pass, capture
+from dissect_kernels.engine.layers import as_specs
 from dissect_kernels.engine.layer_stats import LayerQuantiles
 from dissect_kernels.generated import make_z_sampler, segment, segmenter_info
 from dissect_kernels.ops.segment_stats import segment_stats
@@ -25,7 +25,7 @@ class GanSetup:
     def __init__(self, generator, layer, segmenter, concept, *, seed, z_sampler, z_dim, device):
         if not isinstance(generator, nn.Module):
             raise TypeError(f"generator must be an nn.Module, got {type(generator).__name__}")
-        hooks.get_module(generator, layer)
+        self.spec = as_specs(generator, layer)[0]          # a module name or a dk.LayerSpec
         self.C, self.names, _, _ = segmenter_info(segmenter)
         if isinstance(concept, str):
             if concept not in self.names:
@@ -33,7 +33,7 @@ class GanSetup:
             concept = self.names.index(concept)
         if not isinstance(concept, int) or not 0 <= concept < self.C:
             raise ValueError(f"concept must be a class name or an id in [0, {self.C}), got {concept!r}")
-        self.generator, self.layer, self.segmenter, self.concept = generator, layer, segmenter, concept
+        self.generator, self.layer, self.segmenter, self.concept = generator, self.spec.key, segmenter, concept
         if device is None:
             device = next((p.device for p in generator.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
@@ -47,13 +47,13 @@ class GanSetup:
 
     def key(self) -> dict:
         """What identifies this set-up in a checkpoint key."""
-        return {"layer": self.layer, "concept": self.concept, "seed": self.seed,
+        return {"layer": repr(self.spec), "concept": self.concept, "seed": self.seed,
                 "segmenter": [type(self.segmenter).__qualname__, self.C, self.names]}
 
     def run(self, z):
         """(images, layer output) of an unedited forward pass."""
         with torch.no_grad():
-            acts, images = capture(self.generator, z, [LayerView(self.layer, self.layer)],
+            acts, images = capture(self.generator, z, [LayerView.of(self.spec)],
                                    run_to_end=True, check_finite=False)
         return images, acts[self.layer]
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dissect_kernels import hooks
 from dissect_kernels.conventions import get_convention
 from dissect_kernels.engine import CheckpointSpec, IndexSource, LayerView, Pass, capture, run_passes
+from dissect_kernels.engine.layers import LayerSpec, as_spec, as_specs
 from dissect_kernels.engine.layer_stats import (LayerLevelCounts, LayerQuantiles, LayerTally, LayerTopK,
                                                 tally_from_counts, upsample_to)
 from dissect_kernels.generated import make_z_sampler, segment, segmenter_info
@@ -129,14 +129,14 @@ def _checked(generator, layers, convention, quantile_mode, num_samples, batch_si
                          "dissection does not use; choose 'exact' or 'gandissect'")
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be an nn.Module, got {type(generator).__name__}")
-    layers = hooks.layer_names(generator, layers)
+    layers = as_specs(generator, layers)
     for name, v in (("num_samples", num_samples), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     return conv, layers, quantile_mode
 
 
-def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segmenter, *,
+def dissect_generator(generator: nn.Module, layers: "str | LayerSpec | Sequence[str | LayerSpec]", segmenter, *,
                       num_samples: int, seed: int = 0, z_sampler: Callable | None = None,
                       z_dim: int | None = None, convention: str = "exact", batch_size: int = 32,
                       device=None, out_dir=None, progress: bool = True, backend: str = "auto",
@@ -158,8 +158,9 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     the kept values fit 2 GiB, so memory grows with num_samples up to that budget; "sketch" for
     "gandissect"); "sketch" = bounded memory (use it for large runs); "exact" = exact quantiles
     or a clear error when over the budget."""
-    conv, layers, quantile_mode = _checked(generator, layers, convention, quantile_mode, num_samples,
-                                           batch_size)
+    conv, specs, quantile_mode = _checked(generator, layers, convention, quantile_mode, num_samples,
+                                          batch_size)
+    layers = [s.key for s in specs]
     device = torch.device(device) if device is not None else \
         next((p.device for p in generator.parameters()), torch.device("cpu"))
     top_k = conv.top_images if top_k is None else int(top_k)
@@ -167,7 +168,7 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
     z_of = make_z_sampler(generator, seed, z_dim, z_sampler, device)
     ckpt_root = checkpoint_dir if checkpoint_dir is not None else out_dir
     ckpt = None if ckpt_root is None else CheckpointSpec(ckpt_root, "gan", dict(
-        layers=layers, num_samples=num_samples, seed=seed, z_dim=z_dim, convention=conv.name,
+        layers=[repr(s) for s in specs], num_samples=num_samples, seed=seed, z_dim=z_dim, convention=conv.name,
         z_sampler=None if z_sampler is None else getattr(z_sampler, "__qualname__", repr(z_sampler)),
         batch_size=batch_size, top_k=top_k, quantile_mode=quantile_mode,
         segmenter=[type(segmenter).__qualname__, plan.C, plan.names, plan.cat_names,
@@ -178,10 +179,10 @@ def dissect_generator(generator: nn.Module, layers: "str | Sequence[str]", segme
 
     def write(result, output) -> None:
         from dissect_kernels.report.gan import write_gan
-        write_gan(out_dir, result, generated_exemplars(generator, segmenter, result, z_of, batch_size))
+        write_gan(out_dir, result, generated_exemplars(generator, segmenter, result, z_of, batch_size, specs))
 
     return run_passes(generator, IndexSource(num_samples, z_of, batch_size=batch_size), plan.passes(),
-                      layers=layers, device=device, progress=progress, annotate=annotate,
+                      layers=specs, device=device, progress=progress, annotate=annotate,
                       checkpoint=ckpt, check_finite=False, desc="gan",
                       finish=lambda output: build_result(plan, output, seed, batch_size, segmenter, generator),
                       write=write if out_dir is not None else None)
@@ -218,11 +219,14 @@ def build_result(plan: GanPlan, output, seed, batch_size, segmenter, generator) 
         timing=dict(output.timing))
 
 
-def generated_exemplars(generator, segmenter, result: DissectionResult, z_of, batch_size: int) -> dict:
+def generated_exemplars(generator, segmenter, result: DissectionResult, z_of, batch_size: int,
+                        layers=None) -> dict:
     """Regenerate every unit's top samples (z is a function of the index): {layer: {sample:
     (image uint8 [H, W, 3], masks bool [U, H', W'])}}, mask = upsampled map > the unit's
-    threshold, for the report's exemplar strips."""
+    threshold, for the report's exemplar strips. `layers`: the LayerSpecs dissected (default:
+    the result's layer names as plain modules)."""
     C = segmenter_info(segmenter)[0]
+    specs = {s.key: s for s in (layers or [])}
     out = {}
     for name, lr in result.layers.items():
         wanted = torch.unique(lr.topk_indices[lr.topk_indices >= 0])      # -1: fewer samples than k
@@ -231,8 +235,8 @@ def generated_exemplars(generator, segmenter, result: DissectionResult, z_of, ba
         for s in range(0, len(wanted), batch_size):
             idx = wanted[s:s + batch_size]
             with torch.inference_mode():
-                acts, images = capture(generator, z_of(idx), [LayerView(name, name)], run_to_end=True,
-                                       check_finite=False)
+                view = LayerView.of(specs.get(name) or as_spec(name))
+                acts, images = capture(generator, z_of(idx), [view], run_to_end=True, check_finite=False)
                 labels = segment(segmenter, images, C)
                 up = upsample_to(acts[name], labels.shape[-2:], lambda src, dst: geometry)
             masks = up > lr.thresholds.to(up.device)[None, :, None, None]

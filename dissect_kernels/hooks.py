@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["StopForward", "Edit", "Trace", "TraceDict", "get_module", "layer_names", "run_layers", "call_model"]
+__all__ = ["StopForward", "Edit", "Trace", "TraceDict", "get_module", "run_layers", "call_model"]
 
 
 class StopForward(Exception):
@@ -34,17 +34,6 @@ def get_module(model: nn.Module, name: "str | nn.Module") -> nn.Module:
     shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
     raise LookupError(f"layer {name!r} is not a submodule of {type(model).__name__}{hint} "
                       f"(its modules are: {shown})")
-
-
-def layer_names(model: nn.Module, layers: "str | Iterable[str]") -> list[str]:
-    """One name or several -> a non-empty list of names of `model`'s submodules (errors name
-    a missing one and suggest close names)."""
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise ValueError("layers is empty: name at least one module of the model")
-    for name in names:
-        get_module(model, name)
-    return names
 
 
 @dataclass

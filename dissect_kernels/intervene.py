@@ -3,6 +3,7 @@ positions) on one batch in one forward pass. The classifier ablation experiment 
 lives in dissect_kernels/ablation.py."""
 from __future__ import annotations
 
+import copy
 import numbers
 from typing import Callable
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from dissect_kernels import hooks
+from dissect_kernels.engine.layers import LayerSpec, as_spec
 from dissect_kernels.ops.edit import edit, edit_
 
 __all__ = ["intervene", "unit_masks"]
@@ -131,7 +133,7 @@ class _Plan:
         return a, v
 
 
-def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "ablate",
+def intervene(model: nn.Module, layer: "str | LayerSpec", unit_sets, inputs, *, mode: str = "ablate",
               values=None, positions: torch.Tensor | None = None,
               measure: Callable | None = None, chunk_size: int | None = None,
               replicate: str = "output") -> torch.Tensor:
@@ -144,22 +146,28 @@ def intervene(model: nn.Module, layer: str, unit_sets, inputs, *, mode: str = "a
     runs on the replicated batch. Equals a loop of Trace(edit=Edit(alpha_s, value)) runs, one
     set at a time, exactly when the model is in eval mode and per-sample (no cross-sample ops).
     unit_sets: see unit_masks. positions: [B, *spatial] or [S, B, *spatial] (bool/float).
+    layer: a module name (its output [B, U, ...] of any rank), or a dk.LayerSpec: the edit then
+    applies to the spec's [B, U, h, w] view (token and NHWC layouts, a tensor selected from a
+    tuple/dict output), and everything outside it (class and register tokens) stays as it is.
     measure(output) -> per-sample tensor with leading dim c*B (default: the output itself).
     chunk_size bounds the sets per forward pass. replicate="input" repeats the inputs instead
     (for networks whose later layers reuse activations from before `layer`, e.g. skips).
     It works on exactly the inputs it is given (no sharding, no collectives, even under
     torch.distributed); the drivers built on it (ace, rank_units_by_ace, classifier_ablation) shard.
     """
-    module = hooks.get_module(model, layer)
+    spec = as_spec(layer)
+    module = hooks.get_module(model, spec.module)
+    if spec.capture != "output":
+        raise ValueError(f"layer {spec.key!r}: intervene edits a module's output, not its input")
     values = _check_args(mode, replicate, values, positions, unit_sets, chunk_size)
     S = len(unit_sets)
     c_max = S if chunk_size is None else min(chunk_size, S)
     B = _batch_size(inputs)
-    plan = _Plan(unit_sets, values, positions, layer)
+    plan = _Plan(unit_sets, values, positions, spec.key)
     results = []
     for s0 in range(0, S, c_max):
         s1 = min(S, s0 + c_max)
-        output = _run_chunk(model, module, layer, plan, inputs, s0, s1, B, replicate)
+        output = _run_chunk(model, module, spec, plan, inputs, s0, s1, B, replicate)
         m = (measure or (lambda out: out))(output)
         c = s1 - s0
         if not isinstance(m, torch.Tensor) or m.dim() == 0 or m.shape[0] != c * B:
@@ -192,35 +200,63 @@ def _check_args(mode, replicate, values, positions, unit_sets, chunk_size):
     return values
 
 
-def _edit_hook(plan: "_Plan", layer: str, s0: int, s1: int, B: int, replicate: str, calls: list):
-    """The forward hook that replicates the layer's output for sets s0..s1 and edits each copy."""
-    c = s1 - s0
+def _edit_hook(plan: "_Plan", spec, s0: int, s1: int, B: int, replicate: str, calls: list):
+    """The forward hook that replicates the layer's output for sets s0..s1 and edits each copy
+    (through the LayerSpec's [B, U, h, w] view when one is given: other tokens stay as they are)."""
+    c, layer = s1 - s0, spec.key
+    batch_dim = 1 if spec.layout == "tokens_seq_first" else 0
+    whole = spec.layout == "nchw"                 # the edited view is the whole tensor
 
     def hook(mod, args, kwargs, out):
         calls[0] += 1
         if calls[0] > 1:
             raise RuntimeError(f"layer {layer!r} ran more than once in one forward pass; "
                                "intervene needs a layer that runs once")
-        if not isinstance(out, torch.Tensor) or not out.dtype.is_floating_point:
-            raise TypeError(f"layer {layer!r} must output a float tensor, got {type(out).__name__}")
+        raw = spec.pick(out)
+        if not isinstance(raw, torch.Tensor) or not raw.dtype.is_floating_point:
+            raise TypeError(f"layer {layer!r} must output a float tensor, got {type(raw).__name__}")
+        view = raw if whole else spec.to_nchw(raw)
         expect = B if replicate == "output" else c * B
-        if out.shape[0] != expect:
-            raise ValueError(f"layer {layer!r} output has batch {out.shape[0]}, expected {expect}")
-        plan.prepare(out, B)
-        a, v = plan.chunk(s0, s1, out, B)
-        grad = torch.is_grad_enabled() and (out.requires_grad or a.requires_grad or
+        if view.shape[0] != expect:
+            raise ValueError(f"layer {layer!r} output has batch {view.shape[0]}, expected {expect}")
+        plan.prepare(view, B)
+        a, v = plan.chunk(s0, s1, view, B)
+        grad = torch.is_grad_enabled() and (raw.requires_grad or a.requires_grad or
                                             (isinstance(v, torch.Tensor) and v.requires_grad))
-        if replicate == "input" or grad:
-            x = out if replicate == "input" else out.repeat((c,) + (1,) * (out.dim() - 1))
-            return edit(x, a, v)
-        return edit_(out.repeat((c,) + (1,) * (out.dim() - 1)), a, v)
+        base = raw if replicate == "input" else raw.repeat(
+            tuple(c if d == batch_dim else 1 for d in range(raw.dim())))
+        if whole:
+            new = edit(base, a, v) if replicate == "input" or grad else edit_(base, a, v)
+        elif replicate == "input" or grad:
+            new = base.clone()
+            spec.to_nchw(new).copy_(edit(spec.to_nchw(base), a, v))
+        else:
+            new = base
+            edit_(spec.to_nchw(base), a, v)
+        return _with_selected(out, spec.select, new)
     return hook
 
 
-def _run_chunk(model, module, layer, plan, inputs, s0: int, s1: int, B: int, replicate: str):
+def _with_selected(out, select, new: torch.Tensor):
+    """The module's output with its selected tensor replaced by `new`."""
+    if select is None:
+        return new
+    if isinstance(out, tuple):
+        return tuple(new if i == select else t for i, t in enumerate(out))
+    if isinstance(out, list):
+        return [new if i == select else t for i, t in enumerate(out)]
+    replaced = copy.copy(out)
+    if isinstance(out, dict):
+        replaced[select] = new
+    else:
+        setattr(replaced, select, new)
+    return replaced
+
+
+def _run_chunk(model, module, spec, plan, inputs, s0: int, s1: int, B: int, replicate: str):
     """The model's output with sets s0..s1 applied (one forward pass on the replicated batch)."""
-    calls = [0]
-    handle = module.register_forward_hook(_edit_hook(plan, layer, s0, s1, B, replicate, calls),
+    calls, layer = [0], spec.key
+    handle = module.register_forward_hook(_edit_hook(plan, spec, s0, s1, B, replicate, calls),
                                           with_kwargs=True)
     try:
         run_inputs = inputs if replicate == "output" else _repeat_inputs(inputs, s1 - s0, B)

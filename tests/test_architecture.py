@@ -14,7 +14,7 @@ ABOVE_KERNELS = ("dissect_kernels.dissect", "dissect_kernels.generator", "dissec
                  "dissect_kernels.alpha", "dissect_kernels.ablation", "dissect_kernels.gan_setup",
                  "dissect_kernels.engine", "dissect_kernels.cli", "dissect_kernels.report")
 DRIVERS = ("dissect.py", "generator.py", "ace.py", "alpha.py", "ablation.py", "gan_setup.py",
-           "generated.py", "intervene.py")
+           "generated.py")
 MAX_DRIVER_LINES = 250
 MAX_FUNCTION_LINES = 60
 

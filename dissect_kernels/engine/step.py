@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dissect_kernels import hooks
+from dissect_kernels.engine.layers import LayerSpec, as_spec
 
 
 @dataclass
@@ -26,10 +27,20 @@ class LayerView:
             raise ValueError(f"layer {self.name!r}: capture must be 'output' or 'input', "
                              f"got {self.capture!r}")
 
+    @staticmethod
+    def of(spec: "LayerSpec", name: str | None = None, then: Callable | None = None) -> "LayerView":
+        """The view of a LayerSpec (its [B, U, h, w] map), optionally passed on through `then`.
+        A plain module output (layout nchw, nothing selected) is passed on as it is."""
+        plain = spec.layout == "nchw" and spec.select is None
+        extract = None if plain else spec.extract
+        if then is not None:
+            extract = then if plain else (lambda raw: then(spec.extract(raw)))
+        return LayerView(name or spec.key, spec.module, extract, spec.capture)
+
 
 def as_views(layers) -> list[LayerView]:
-    """Module names (str) or LayerViews -> LayerViews, names unique."""
-    views = [v if isinstance(v, LayerView) else LayerView(str(v), str(v)) for v in layers]
+    """Module names, LayerSpecs or LayerViews -> LayerViews, names unique."""
+    views = [v if isinstance(v, LayerView) else LayerView.of(as_spec(v)) for v in layers]
     names = [v.name for v in views]
     if len(set(names)) != len(names):
         raise ValueError(f"layers lists a name twice: {names}")
