@@ -1,11 +1,13 @@
-"""Run one native kernel once on small representative inputs and check it against the oracle:
-the target process for `compute-sanitizer --tool memcheck|racecheck` in gpu_suite.py.
+"""Run kernels once on small representative inputs and check them against the oracle: the
+target process for `compute-sanitizer --tool memcheck|racecheck` in benchmarks/gpu_check.sh
+(one process runs every case, so the sanitizer's start-up is paid once per tool).
 
     python benchmarks/cuda_kernel_driver.py --list            # kernels of _cuda and their cases
     python benchmarks/cuda_kernel_driver.py tally             # cuda backend on the GPU
-    python benchmarks/cuda_kernel_driver.py tally --device cpu --backend cpu   # same path on CPU
+    python benchmarks/cuda_kernel_driver.py tally:cuda tally:triton upsample:cuda quantile:triton
+    python benchmarks/cuda_kernel_driver.py tally upsample --device cpu --backend cpu   # on CPU
 
-Exit status: 0 = ran and matched the oracle, 1 = mismatch, 3 = not available here.
+Exit status: 0 = every case ran and matched the oracle, 1 = a mismatch, 3 = none available.
 """
 from __future__ import annotations
 
@@ -73,8 +75,32 @@ def _quantile(device, backend: str, small: bool) -> str:
     return f"exact mode equals numpy.quantile for {U} units"
 
 
+def _upsample(device, backend: str, small: bool) -> str:
+    import torch
+
+    import dissect_kernels as dk
+
+    g = torch.Generator().manual_seed(9)
+    N, h, H = (6, 3, 17) if small else (64, 7, 112)
+    msgs = []
+    for dtype, transpose in ((torch.float32, False), (torch.bfloat16, True)):
+        acts = torch.randn(2, N, h, h + 1, generator=g).to(dtype)
+        if transpose:
+            acts = acts.transpose(2, 3).contiguous().transpose(2, 3)
+        for convention in ("exact", "dissect"):
+            got = dk.upsample(acts.to(device), (H, H + 3), convention=convention, backend=backend).cpu()
+            want = dk.upsample(acts, (H, H + 3), convention=convention, backend="reference")
+            if not torch.equal(got, want):
+                raise AssertionError(f"upsample {dtype} {convention}: {backend} differs from the oracle")
+        msgs.append(f"{dtype} ok")
+    return "; ".join(msgs)
+
+
 # kernel name in _cuda -> case. A kernel of _cuda missing here is reported as "no case".
-CASES = {"tally": _tally, "quantile": _quantile}
+CASES = {"tally": _tally, "quantile": _quantile, "upsample": _upsample}
+
+
+BUILD_FACTS = ("device_count", "built_archs", "runtime_version", "driver_version", "device_problem")
 
 
 def cuda_kernels() -> list[str]:
@@ -84,17 +110,36 @@ def cuda_kernels() -> list[str]:
     module = _native.native("_cuda")
     if module is None:
         return []
-    return sorted(n for n in dir(module) if not n.startswith("_") and n != "device_count"
+    return sorted(n for n in dir(module) if not n.startswith("_") and n not in BUILD_FACTS
                   and callable(getattr(module, n)))
+
+
+def run_case(spec: str, default_backend: str, device, small: bool) -> int:
+    """One "op[:backend]" case: 0 ok, 1 mismatch, 3 not available; prints one line."""
+    op, _, backend = spec.partition(":")
+    backend = backend or default_backend
+    if op not in CASES:
+        print(f"{op}: no driver case (have {', '.join(CASES)})")
+        return NOT_AVAILABLE
+    try:
+        msg = CASES[op](device, backend, small)
+    except LookupError as e:  # the op's Python API is not in this tree yet, or no such backend here
+        print(f"{op} [{backend}]: not available ({e})")
+        return NOT_AVAILABLE
+    except AssertionError as e:
+        print(f"{op} [{backend}]: FAILED: {e}")
+        return 1
+    print(f"{op} [{backend}]: {msg}", flush=True)
+    return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("op", nargs="?", help="kernel to run: " + ", ".join(CASES))
+    p.add_argument("ops", nargs="*", help="cases to run, op or op:backend; ops: " + ", ".join(CASES))
     p.add_argument("--list", action="store_true", help="print the kernels of _cuda and their cases")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--backend", default="cuda")
-    p.add_argument("--small", action="store_true", help="tiny inputs (the suite's CPU smoke run)")
+    p.add_argument("--backend", default="cuda", help="backend for cases that name none")
+    p.add_argument("--small", action="store_true", help="tiny inputs (CPU dry runs)")
     a = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if a.list:
@@ -102,27 +147,18 @@ def main(argv=None) -> int:
             built = name in cuda_kernels()
             print(f"{name}\t{'built' if built else 'not built'}\t{'case' if name in CASES else 'no case'}")
         return 0
-    if a.op not in CASES:
-        print(f"{a.op}: no driver case (have {', '.join(CASES)})")
-        return NOT_AVAILABLE
     import torch
 
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"{a.op}: not available (no CUDA device)")
+        print("not available (no CUDA device)")
         return NOT_AVAILABLE
-    try:
-        msg = CASES[a.op](device, a.backend, a.small)
-    except LookupError as e:  # the op's Python API is not in this tree yet
-        print(f"{a.op}: not available ({e} missing)")
-        return NOT_AVAILABLE
-    except AssertionError as e:
-        print(f"{a.op}: FAILED: {e}")
-        return 1
+    codes = [run_case(spec, a.backend, device, a.small) for spec in a.ops]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    print(f"{a.op} [{a.backend}]: {msg}")
-    return 0
+    if 1 in codes:
+        return 1
+    return 0 if 0 in codes else NOT_AVAILABLE
 
 
 if __name__ == "__main__":

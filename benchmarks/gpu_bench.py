@@ -39,7 +39,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     if a.smoke:
-        a.images, a.batch, a.units, a.src, a.dst, a.layers = 6, 3, 12, 3, 10, 3
+        a.images, a.batch, a.units, a.src, a.dst, a.layers = 3, 3, 12, 3, 10, 3
         a.concepts, a.baseline_images, a.image_labels = 40, 3, 2
         a.triton_blocks = "8x32"
     return a

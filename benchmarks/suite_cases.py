@@ -1,4 +1,4 @@
-"""Per-op cases of the GPU suite (benchmarks/gpu_suite.py): Broden-batch inputs, each op on its
+"""Per-op cases of the GPU check (benchmarks/gpu_check.sh -> suite_ops.py ops): Broden-batch inputs, each op on its
 backends, its bandwidth/arithmetic floor and a materialising torch implementation."""
 from __future__ import annotations
 
@@ -261,6 +261,31 @@ def case_quantile(ctx: Context) -> list[Row]:
     return rows
 
 
+def case_upsample(ctx: Context) -> list[Row]:
+    """The upsampled maps of one batch materialised (fp32 [B, U, H, H]) into a reused buffer:
+    floor = writing the output once (+ reading the small maps) at the copy bandwidth."""
+    import torch.nn.functional as F
+
+    import dissect_kernels as dk
+    from dissect_kernels import _native
+
+    z, dev = ctx.z, ctx.device
+    B = min(z.B, 16)  # 16 x 512 x 112^2 fp32 = 411 MB per call
+    acts = [s[0][:B] for s in ctx.sets]
+    out = torch.empty(B, z.U, z.H, z.H, device=dev)
+    size = f"B={B} U={z.U} {z.h}²→{z.H}² fp32, out= reused"
+    floor = (nbytes(out) + nbytes(acts[0])) / ctx.m.bandwidth  # bytes moved / (read + write) bandwidth
+    base = ctx.time(lambda i: F.interpolate(acts[i % len(acts)], (z.H, z.H), mode="bilinear"))
+    rows = []
+    for b in ctx.backends["upsample"]:
+        if not _native.available(b, dev):
+            rows.append(Row("upsample", b, size, note="backend not available here"))
+            continue
+        t = ctx.time(lambda i, b=b: dk.upsample(acts[i % len(acts)], z.H, out=out, backend=b))
+        rows.append(Row("upsample", b, size, t, floor, base, note="baseline: F.interpolate (fresh output)"))
+    return rows
+
+
 def case_topk(ctx: Context) -> list[Row]:
     import dissect_kernels as dk
 
@@ -279,7 +304,7 @@ def case_topk(ctx: Context) -> list[Row]:
 
 
 CASES = {"tally": case_tally, "label_stats": case_label_stats, "segment_stats": case_segment_stats,
-         "edit": case_edit, "quantile": case_quantile, "topk": case_topk}
+         "edit": case_edit, "quantile": case_quantile, "topk": case_topk, "upsample": case_upsample}
 COVERED_ELSEWHERE = {"iou_tally": "timed inside the end-to-end pass (tally + label_stats)"}
 
 
@@ -300,7 +325,7 @@ def _case_or_missing(name: str, ctx: Context) -> list[Row]:
 
 def run_all(ctx: Context, guard=None) -> list[Row]:
     """Every discovered op: its rows, or one row saying why it was not timed. `guard(what, fn,
-    *a)` (gpu_suite's Report.guard) turns an op's crash into a reported failure."""
+    *a)` (suite_ops.part_ops's guard) turns an op's crash into a reported failure."""
     rows = []
     for name in discover():
         if name in COVERED_ELSEWHERE:
