@@ -8,37 +8,21 @@ random orthogonal rotation of its units: the NetDissect axis-alignment test."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import torch
+from torch.utils.data import Subset
 
 from dissect_kernels.conventions import Convention, get_convention
 from dissect_kernels.engine import (CheckpointSpec, DatasetSource, LayerView, Pass, RunOutput,
                                     dataset_identity, run_passes)
 from dissect_kernels.engine.layers import LayerSpec, as_specs
-from dissect_kernels.engine.layer_stats import (ExemplarMasks, LayerQuantiles, LayerTally, LayerTopK,
-                                                tally_from_counts)
+from dissect_kernels.engine.layer_stats import (ExemplarMaps, ExemplarMasks, LayerQuantiles, LayerTally,
+                                                LayerTopK, tally_from_counts)
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.results import DissectionResult, LayerResult
-
-
-def random_rotation(num_units: int, seed: int) -> torch.Tensor:
-    """A random orthogonal [U, U] matrix (QR of a seeded Gaussian, sign-fixed)."""
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(num_units, num_units, generator=g, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()
-
-
-class Rotation:
-    """A view transform: the units of a [B, U, h, w] map mixed by random_rotation(U, seed)."""
-
-    def __init__(self, seed: int):
-        self.seed, self.matrix = int(seed), None
-
-    def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        if self.matrix is None:
-            self.matrix = random_rotation(a.shape[1], self.seed)
-        return torch.einsum("bchw,dc->bdhw", a.float(), self.matrix.to(a.device))
+from dissect_kernels.rotation import Rotation, random_rotation
 
 
 @dataclass
@@ -58,6 +42,9 @@ class Plan:
     exemplars: bool
     model_name: str = ""
     rotated: dict = field(default_factory=dict)     # view name -> (seed, the layer it rotates)
+    given: dict | None = None                       # view name -> fixed thresholds [U]
+    threshold_source: str = "quantile pass"         # where the thresholds came from
+    batch_size: int = 32
 
     def geometry_for(self, module: str):
         """(h, w), (H, W) -> the upsampling geometry of `module`'s maps (see Convention)."""
@@ -74,6 +61,24 @@ class Plan:
             return Geometry.receptive_field(offset, size, stride, ratio=max(1, round(dst[0] / src[0])))
         return pick
 
+    def passes(self) -> list[Pass]:
+        """Quantiles + top-k, then the tally (+ exemplar maps); with given thresholds, the tally
+        + top-k, then the exemplar maps from only the top-k images."""
+        if self.given is None:
+            return [Pass("quantiles", self.quantile_pass), Pass("tally", self.tally_pass)]
+        passes = [Pass("tally", self.tally_pass)]
+        if self.exemplars:
+            passes.append(Pass("exemplars", self.exemplar_pass, source=self.exemplar_source))
+        return passes
+
+    def thresholds(self, name: str, results) -> torch.Tensor:
+        if self.given is not None:
+            return self.given[name].to(self.device)
+        return results["quantiles"][f"{name}/threshold"].to(self.device)
+
+    def topk(self, name: str, results) -> dict:
+        return results["quantiles" if self.given is None else "tally"][f"{name}/topk"]
+
     def quantile_pass(self, results) -> dict:
         accs = {}
         upsampled = self.conv.quantile_population == "upsampled"
@@ -86,20 +91,61 @@ class Plan:
         return accs
 
     def tally_pass(self, results) -> dict:
-        ds, first = self.dataset, results["quantiles"]
+        ds = self.dataset
         accs = {}
         for v in self.views:
-            thresholds = first[f"{v.name}/threshold"].to(self.device)
             accs[f"{v.name}/counts"] = LayerTally(
-                v.name, thresholds, num_concepts=int(ds.num_concepts),
+                v.name, self.thresholds(v.name, results), num_concepts=int(ds.num_concepts),
                 category_of=torch.as_tensor(ds.category_of, dtype=torch.int64),
                 num_categories=int(ds.num_categories), convention=self.conv,
                 geometry_for=self.geometry_for(v.module), backend=self.backend, device=self.device)
-            if self.exemplars:
-                accs[f"{v.name}/masks"] = ExemplarMasks(
-                    v.name, thresholds, first[f"{v.name}/topk"]["indices"],
-                    geometry_for=self.geometry_for(v.module))
+            if self.given is not None:
+                accs[f"{v.name}/topk"] = LayerTopK(v.name, self.k, device=self.device)
+            elif self.exemplars:
+                accs[f"{v.name}/maps"] = ExemplarMaps(v.name, self.topk(v.name, results)["indices"])
         return accs
+
+    def exemplar_pass(self, results) -> dict:
+        return {f"{v.name}/maps": ExemplarMaps(v.name, self.topk(v.name, results)["indices"])
+                for v in self.views}
+
+    def exemplar_source(self, results) -> DatasetSource:
+        """Only the images some unit keeps as an exemplar."""
+        wanted = torch.cat([self.topk(v.name, results)["indices"].reshape(-1) for v in self.views])
+        rows = sorted(set(wanted[wanted >= 0].tolist()))
+        return DatasetSource(Subset(self.dataset, rows), meta=self.dataset, batch_size=self.batch_size,
+                             drop_categories=self.conv.excluded_categories)
+
+    def exemplar_masks(self, results) -> dict:
+        """{f"{layer}/masks": {"keys", "masks"}}: each exemplar's mask, made when it is read."""
+        found = results["exemplars" if self.given is not None else "tally"]
+        out = {}
+        for v in self.views:
+            maps = found[f"{v.name}/maps"]
+            out[f"{v.name}/masks"] = {"keys": maps["keys"], "masks": ExemplarMasks(
+                maps, self.thresholds(v.name, results), self.geometry_for(v.module))}
+        return out
+
+
+def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
+    """thresholds= as {view name: [U] float32}: a dict of tensors, or a results folder (its
+    layers' thresholds, e.g. a previous run of the same layers)."""
+    if isinstance(thresholds, (str, Path)):
+        from dissect_kernels.io import load_results
+        thresholds = {name: lr.thresholds for name, lr in load_results(thresholds).layers.items()}
+    if not isinstance(thresholds, dict):
+        raise TypeError(f"thresholds must be a dict {{layer: [U] tensor}} or a results folder, "
+                        f"got {type(thresholds).__name__}")
+    missing = [v.name for v in views if v.name not in thresholds]
+    if missing:
+        raise ValueError(f"thresholds has no entry for layers {missing} (it has {sorted(thresholds)})")
+    out = {}
+    for v in views:
+        t = torch.as_tensor(thresholds[v.name]).float().cpu()
+        if t.dim() != 1:
+            raise ValueError(f"thresholds[{v.name!r}] must be one value per unit [U], got shape {tuple(t.shape)}")
+        out[v.name] = t
+    return out
 
 
 def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | LayerSpec]", dataset, *,
@@ -108,7 +154,7 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
             device=None, out_dir=None, progress: bool = True, backend: str = "auto",
             rotation: int | None = None, top_k: int | None = None, quantile_mode: str = "auto",
             num_workers: int = 0, report: bool = True, checkpoint_interval: float = 120.0,
-            resume: bool = True) -> DissectionResult:
+            resume: bool = True, thresholds=None) -> DissectionResult:
     """Dissect `layers` of `model` on a Broden-format `dataset` (see BrodenDataset).
 
     `layers`: module names or dk.LayerSpecs (token, NHWC and sequence-first layouts, a tensor
@@ -118,7 +164,9 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     checkpoints into out_dir/.checkpoint so that a rerun with identical inputs resumes.
     `rotation=seed` adds, per layer, the same layer under a random orthogonal rotation of its
     units (the NetDissect axis-alignment test). `convention` picks the reference whose rules to
-    follow; `quantile`, `geometry` and `top_k` override the convention's."""
+    follow; `quantile`, `geometry` and `top_k` override the convention's. `thresholds` (a dict
+    {layer: [U] tensor}, or a results folder such as a previous run's) fixes the thresholds:
+    the quantile pass is skipped and summary.json records where they came from."""
     conv = get_convention(convention)
     q = conv.quantile if quantile is None else float(quantile)
     if q is None or not 0.0 < q < 1.0:
@@ -132,7 +180,10 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     views += [LayerView.of(s, name, Rotation(rotation)) for s, name in zip(specs, rotated)]
     plan = Plan(conv, q, views, dataset, geometry, receptive_fields, top_k or conv.top_images,
                 quantile_mode, backend, device, exemplars=out_dir is not None and report,
-                model_name=type(model).__name__, rotated=rotated)
+                model_name=type(model).__name__, rotated=rotated, batch_size=batch_size,
+                given=None if thresholds is None else given_thresholds(thresholds, views),
+                threshold_source="quantile pass" if thresholds is None else
+                str(thresholds) if isinstance(thresholds, (str, Path)) else "given (thresholds=)")
     source = DatasetSource(dataset, batch_size=batch_size, num_workers=num_workers,
                            drop_categories=conv.excluded_categories,
                            pin_memory=device.type == "cuda")
@@ -143,16 +194,16 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
         ckpt = CheckpointSpec(out_dir, "dissect", dict(
             layers=[repr(s) for s in specs], dataset=dataset_identity(dataset), convention=conv.name, quantile=q,
             geometry=str(geometry), receptive_fields=receptive_fields, batch_size=batch_size,
-            rotation=rotation, top_k=plan.k, quantile_mode=quantile_mode), checkpoint_interval, resume)
+            rotation=rotation, top_k=plan.k, quantile_mode=quantile_mode,
+            thresholds=None if plan.given is None else {k: v.tolist() for k, v in plan.given.items()}),
+            checkpoint_interval, resume)
 
     def write(result, output):
         from dissect_kernels.report.dissection import write_dissection
-        write_dissection(out_dir, result, output.results["tally"], dataset.load_image_uint8,
+        write_dissection(out_dir, result, plan.exemplar_masks(output.results), dataset.load_image_uint8,
                          report=report)
 
-    return run_passes(model.to(device).eval(), source,
-                      [Pass("quantiles", plan.quantile_pass), Pass("tally", plan.tally_pass)],
-                      layers=views, device=device, progress=progress, checkpoint=ckpt,
+    return run_passes(model.to(device).eval(), source, plan.passes(), layers=views, device=device, progress=progress, checkpoint=ckpt,
                       finish=lambda output: build_result(plan, output),
                       write=write if out_dir is not None else None)
 
@@ -164,10 +215,10 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
     for v in plan.views:
         tally = tally_from_counts(res["tally"][f"{v.name}/counts"], plan.conv)
         label, best = tally.best()
-        top = res["quantiles"][f"{v.name}/topk"]
+        top = plan.topk(v.name, res)
         seed, of = plan.rotated.get(v.name, (None, None))
         layers.append(LayerResult.build(
-            v.name, tally.iou(), res["quantiles"][f"{v.name}/threshold"], label, best,
+            v.name, tally.iou(), plan.thresholds(v.name, res).cpu(), label, best,
             iqr=tally.iqr() if plan.conv.detector_iqr is not None else None,
             concept_names=ds.concept_names, category_names=ds.category_names,
             category_of=torch.as_tensor(ds.category_of, dtype=torch.int64), convention=plan.conv,
@@ -183,6 +234,7 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
         dataset={"type": type(ds).__name__, "images": len(ds), "root": str(getattr(ds, "root", "")),
                  "skipped_samples": {str(i): m for i, m in unreadable.items()}},
         parameters={"quantile": plan.q, "top_k": plan.k, "backend": plan.backend,
-                    "quantile_mode": plan.quantile_mode, "device": str(plan.device)},
+                    "quantile_mode": plan.quantile_mode, "device": str(plan.device),
+                    "thresholds": plan.threshold_source},
         skipped=sum(reasons.values()), skip_reasons=reasons,
         timing={**output.timing, "total": sum(output.timing.values())})

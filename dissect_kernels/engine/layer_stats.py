@@ -200,20 +200,22 @@ class LayerLevelCounts:
         return self.counts.state_dict()
 
 
-class ExemplarMasks:
-    """The thresholded, upsampled masks of each unit's exemplar samples (wanted [U, k] sample
-    indices, -1 = none), kept only for those (unit, sample) pairs; all of a batch's pairs are
-    upsampled in one call. finalize: keys [P, 2] (unit, sample) sorted, masks [P, H, W] bool."""
+class ExemplarMaps:
+    """The source maps [h, w] of each unit's exemplar samples (wanted [U, k] sample indices, -1 =
+    none), kept only for those (unit, sample) pairs, as the layer gave them (dtype included):
+    U * k * h * w values, so a layer of 16k units stays small. Their thresholded, upsampled
+    masks are made when a report shows them (ExemplarMasks). finalize: keys [P, 2] (unit,
+    sample) sorted, maps [P, h, w], size [2] = the labels' (H, W)."""
 
-    def __init__(self, layer: str, thresholds: torch.Tensor, wanted: torch.Tensor, *,
-                 geometry_for: GeometryFor):
-        self.layers, self.thresholds, self.geometry_for = (layer,), thresholds, geometry_for
+    def __init__(self, layer: str, wanted: torch.Tensor):
+        self.layers = (layer,)
         self.units_of: dict[int, list[int]] = {}
         for u, row in enumerate(wanted.tolist()):
             for i in row:
                 if i >= 0:
                     self.units_of.setdefault(int(i), []).append(u)
-        self.masks: dict[tuple[int, int], torch.Tensor] = {}
+        self.maps: dict[tuple[int, int], torch.Tensor] = {}
+        self.size = None
 
     def update(self, step) -> None:
         pairs = [(row, u, int(i)) for row, i in enumerate(step.indices.tolist())
@@ -221,27 +223,46 @@ class ExemplarMasks:
         if not pairs:
             return
         a = step.acts[self.layers[0]]
+        self.size = torch.tensor(step.labels.shape[-2:])
         rows = torch.tensor([p[0] for p in pairs], device=a.device)
         units = torch.tensor([p[1] for p in pairs], device=a.device)
-        maps = a[rows, units][:, None]                                   # [P, 1, h, w]
-        up = upsample_to(maps, step.labels.shape[-2:], self.geometry_for)[:, 0]
-        masks = (up > self.thresholds.to(a.device)[units, None, None]).cpu()
+        maps = a[rows, units].cpu()                                        # [P, h, w]
         for j, (_, u, i) in enumerate(pairs):
-            self.masks[(u, i)] = masks[j]
+            self.maps[(u, i)] = maps[j]
 
-    def merge(self, other: "ExemplarMasks") -> None:
-        self.masks.update(other.masks)
+    def merge(self, other: "ExemplarMaps") -> None:
+        self.maps.update(other.maps)
+        self.size = self.size if other.size is None else other.size
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        if not self.masks:
+        if not self.maps:
             return {}
-        keys = sorted(self.masks)
+        keys = sorted(self.maps)
         return {"keys": torch.tensor(keys, dtype=torch.int64),
-                "masks": torch.stack([self.masks[k] for k in keys])}
+                "maps": torch.stack([self.maps[k] for k in keys]), "size": self.size}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.masks = {tuple(k): state["masks"][j] for j, k in enumerate(state["keys"].tolist())}
+        self.maps = {tuple(k): state["maps"][j] for j, k in enumerate(state["keys"].tolist())}
+        self.size = state["size"]
 
     def finalize(self) -> dict[str, torch.Tensor]:
         return self.state_dict() or {"keys": torch.zeros(0, 2, dtype=torch.int64),
-                                     "masks": torch.zeros(0, 1, 1, dtype=torch.bool)}
+                                     "maps": torch.zeros(0, 1, 1), "size": torch.tensor([1, 1])}
+
+
+class ExemplarMasks:
+    """masks[j]: the bool [H, W] mask of ExemplarMaps' pair j, upsampled and thresholded on
+    demand (dk.upsample: the maps the tally thresholded), so a report of many units never
+    holds every mask at once."""
+
+    def __init__(self, found: dict[str, torch.Tensor], thresholds: torch.Tensor, geometry_for: GeometryFor):
+        self.keys, self.maps, self.size = found["keys"], found["maps"], tuple(found["size"].tolist())
+        self.thresholds, self.geometry_for = thresholds.float().cpu(), geometry_for
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        unit = int(self.keys[j, 0])
+        up = upsample_to(self.maps[j][None, None], self.size, self.geometry_for)[0, 0]
+        return up > self.thresholds[unit]

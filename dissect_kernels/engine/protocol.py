@@ -44,10 +44,13 @@ class Accumulator(Protocol):
 class Pass:
     """One streaming pass over the data: `build(results)` makes its accumulators (name ->
     accumulator) from the results of the passes before it (e.g. pass 2's tallies read pass 1's
-    thresholds). It is called again on resume, so it must be a pure function of `results`."""
+    thresholds). It is called again on resume, so it must be a pure function of `results`.
+    `source(results)`, when given, replaces the run's source for this pass (e.g. only the
+    exemplar images that pass 1 found); it too must be a pure function of `results`."""
 
     name: str
     build: Callable[[Results], Mapping[str, Accumulator]]
+    source: Callable[[Results], object] | None = None
 
 
 def layers_of(acc) -> tuple[str, ...]:

@@ -85,6 +85,7 @@ class _Run:
         self.model, self.passes, self.annotate = model, passes, annotate
         self.views = {v.name: v for v in views}
         self.source = source.shard(self.rank, self.world)
+        self.sources: dict[int, object] = {}          # pass index -> its own (sharded) source
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.show = progress and self.rank == 0
         self.check_finite, self.desc = check_finite, desc
@@ -133,18 +134,27 @@ class _Run:
         templates = {n: copy.deepcopy(a) for n, a in accs.items()} if self.distributed else {}
         return accs, templates
 
+    def _source(self, i: int, results: Results):
+        """The source of pass i: the run's, or the pass's own (sharded like the run's)."""
+        make = self.passes[i].source
+        if make is None:
+            return self.source
+        if i not in self.sources:
+            self.sources[i] = make(results).shard(self.rank, self.world)
+        return self.sources[i]
+
     def _stream(self, i: int, accs: dict, skip: int, results: Results) -> int:
         """Run pass i from batch `skip` on; returns how many samples reached the accumulators."""
-        p = self.passes[i]
+        p, source = self.passes[i], self._source(i, results)
         seen = 0
         wanted = {lay for acc in accs.values() for lay in layers_of(acc)}
         views = [v for v in self.views.values() if v.name in wanted]
         to_end = any(needs_output(a) for a in accs.values()) or self.annotate is not None
         label = f"{self.desc + ' ' if self.desc else ''}pass {i + 1}/{len(self.passes)}: {p.name}"
-        total, per = self.source.num_samples, max(1, -(-self.source.num_samples // max(1, len(self.source))))
+        total, per = source.num_samples, max(1, -(-source.num_samples // max(1, len(source))))
         with tqdm(total=total, initial=min(total, skip * per), desc=label, unit="sample",
                   unit_scale=total >= 100_000, smoothing=0.05, disable=not self.show) as bar:
-            for b, batch in enumerate(self.source.batches(skip), start=skip):
+            for b, batch in enumerate(source.batches(skip), start=skip):
                 if batch is not None:
                     step = self._step(batch, views, to_end)
                     for acc in accs.values():
@@ -192,8 +202,16 @@ class _Run:
             if merged is not None:
                 acc.load_state_dict(merged.state_dict())
 
+    def _my_skips(self) -> dict[str, dict[int, str]]:
+        """What every source of this rank skipped, by reason (a sample read twice counts once)."""
+        out: dict[str, dict[int, str]] = {}
+        for source in [self.source, *self.sources.values()]:
+            for reason, items in source.skips().items():
+                out.setdefault(reason, {}).update(items)
+        return out
+
     def _all_skips(self) -> dict[str, dict[int, str]]:
-        mine = self.source.skips()
+        mine = self._my_skips()
         parts = ddp.all_gather(mine) if self.distributed else [mine]
         out: dict[str, dict[int, str]] = {}
         for part in parts:
@@ -205,7 +223,7 @@ class _Run:
     def _progress(self, i: int, batches: int, accs: dict, results: Results) -> dict:
         return {"pass": i, "batches": batches, "accumulators": list(accs),
                 "results": {p: {a: _keys(v) for a, v in r.items()} for p, r in results.items()},
-                "skips": {k: {str(i): m for i, m in v.items()} for k, v in self.source.skips().items()},
+                "skips": {k: {str(i): m for i, m in v.items()} for k, v in self._my_skips().items()},
                 "timing": self.timing}
 
     @staticmethod
