@@ -76,7 +76,7 @@ def main() -> None:
           f"[{a.rows}, {a.units}] float32 = {nbytes / 1e9:.2f} GB -> floor {nbytes / bw:.3f} s")
     (ex, ex_cpu), readout, sk, thr = time_exact(a.rows, a.units, a.batch)
     print(f"exact (cpu): wall {ex:.3f} s ({nbytes / ex / 1e9:.2f} GB/s, {ex / (nbytes / bw):.2f}x floor), "
-          f"CPU {ex_cpu:.3f} s; readout {readout * 1e3:.1f} ms; state {sk._state.buffer.numel() * 4 / 1e6:.0f} MB")
+          f"CPU {ex_cpu:.3f} s; readout {readout * 1e3:.1f} ms; state {sk.impl._state.buffer.numel() * 4 / 1e6:.0f} MB")
     ref_rows = max(a.batch, int(a.rows * a.ref_fraction) // a.batch * a.batch)
     (rt, rt_cpu), ref = time_reference(ref_rows, a.units, a.batch)
     scale = a.rows / ref_rows

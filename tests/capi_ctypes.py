@@ -39,6 +39,7 @@ def load() -> C.CDLL:
         "dk_version": (C.c_char_p, []),
         "dk_axis_table_named": (i32, [i32, i64, i64, vp, vp, vp, vp]),
         "dk_tally": (i32, [C.POINTER(TallyArgs)]),
+        "dk_tally_cuda": (i32, [C.POINTER(TallyArgs), C.c_ssize_t]),
         "dk_label_stats": (i32, [vp, i64, i64, i64, i64, vp, i64, i64, i32, vp, i64, vp, vp]),
         "dk_quantile_default_options": (QuantileOptions, [i64]),
         "dk_quantile_create": (i32, [C.POINTER(QuantileOptions), C.POINTER(vp)]),

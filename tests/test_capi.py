@@ -206,3 +206,29 @@ def test_lost_exactness_and_bad_input_are_refused_alike():
     assert bad.status == DK_ERR_INVALID_ARGUMENT and b"num_units" in LIB.dk_last_error()
     assert LIB.dk_tally(None) == DK_ERR_INVALID_ARGUMENT and b"args must not be NULL" in LIB.dk_last_error()
     assert LIB.dk_version().decode() == dk.__version__
+
+
+@pytest.mark.gpu
+def test_cuda_tally_through_the_c_abi_counts_past_16_bit_counters():
+    """A 4200 x 4200 segmentation with every pixel active: each CUDA thread counts more than 2^16
+    pixels, so the kernel's 16-bit per-thread counters must flush per chunk. dk_tally_cuda (device
+    pointers, the current stream) and dk.tally(backend="cuda") both count exactly H*W active
+    pixels and the label histogram."""
+    H = W = 4200
+    labels = torch.randint(0, 3, (1, 1, H, W), dtype=torch.int32).cuda()
+    hist = torch.bincount(labels.flatten().long(), minlength=3).cpu()
+    acts = torch.rand(1, 2, 4, 4).cuda()
+    thresholds = torch.full((2,), -1.0).cuda()
+    res = dk.tally(acts, thresholds, labels, num_concepts=3, backend="cuda")
+    out = dk.TallyResult.empty(1, 2, 3, None, torch.device("cuda"))
+    ytab, xtab = (tuple(t.cuda() for t in tab) for tab in Geometry.named("half-pixel").tables((4, 4), (H, W)))
+    a = TallyArgs(acts=ptr(acts), acts_dtype=0, B=1, U=2, h=4, w=4, acts_stride=i64s(*acts.stride()),
+                  thresholds=ptr(thresholds), labels=ptr(labels), L=1, H=H, W=W, image_labels=None, M=0,
+                  ytab=AxisTable(*(ptr(t) for t in ytab)), xtab=AxisTable(*(ptr(t) for t in xtab)),
+                  num_concepts=3, per_layer=0, category_of=None, num_categories=0,
+                  intersection=ptr(out.intersection), active=ptr(out.active), max=ptr(out.max), touched=None)
+    check(LIB, LIB.dk_tally_cuda(C.byref(a), torch.cuda.current_stream().cuda_stream))
+    torch.cuda.synchronize()
+    for got in (res, out):
+        assert got.active.cpu().tolist() == [[H * W, H * W]]
+        assert got.intersection[:, 1:].cpu().tolist() == [hist[1:].tolist()] * 2
