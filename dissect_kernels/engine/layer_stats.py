@@ -91,7 +91,7 @@ class LayerTopK:
         a = step.acts[self.layers[0]]
         if self.top is None:
             self.top = TopK(a.shape[1], self.k, device=self.device)
-        self.top.update(a.float().amax(dim=(2, 3)), step.indices.to(a.device))
+        self.top.update(a.amax(dim=(2, 3)).float(), step.indices.to(a.device))   # no fp32 copy
 
     def merge(self, other: "LayerTopK") -> None:
         if other.top is None:

@@ -141,6 +141,21 @@ def parse_layer(text: str) -> "str | LayerSpec":
     return LayerSpec(module, **kw)
 
 
+def parse_layers(text: str) -> list:
+    """A --layers value: comma-separated layers, each 'name' or 'name:layout' followed by its
+    options (an item with '=' or the word 'input' belongs to the layer before it), e.g.
+    'layer3,layer4' or 'blocks.6:tokens,prefix=1,blocks.9:tokens,prefix=1'."""
+    groups: list[list[str]] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        if groups and ("=" in item or item == "input") and ":" in groups[-1][0]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [parse_layer(",".join(g)) for g in groups]
+
+
 def _int(text: str, key: str, value: str) -> int:
     try:
         return int(value)

@@ -84,6 +84,8 @@ def check_features(layer: str, a, indices: torch.Tensor) -> None:
     if a.dim() != 4:
         raise ValueError(f"layer {layer!r} output has shape {tuple(a.shape)}; "
                          "dissection needs a [batch, units, height, width] feature map")
+    if a.numel() == 0 or bool(torch.isfinite(torch.stack([a.amax(), a.amin()])).all()):
+        return                                       # NaN propagates through amax; no big temporaries
     bad = ~torch.isfinite(a).flatten(1).all(1)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
