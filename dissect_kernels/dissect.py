@@ -232,6 +232,7 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
         model={"class": plan.model_name,
                "layers": list(dict.fromkeys(v.module for v in plan.views))},
         dataset={"type": type(ds).__name__, "images": len(ds), "root": str(getattr(ds, "root", "")),
+                 "transform": getattr(ds, "transform_info", None),
                  "skipped_samples": {str(i): m for i, m in unreadable.items()}},
         parameters={"quantile": plan.q, "top_k": plan.k, "backend": plan.backend,
                     "quantile_mode": plan.quantile_mode, "device": str(plan.device),

@@ -75,3 +75,48 @@ class Planted(nn.Module):
     def _noise(self, img):
         g = torch.Generator().manual_seed(int(img.sum().item() * 7919) % 1_000_003)
         return torch.rand(len(self.concepts) + self.noise_units, *img.shape[-2:], generator=g)
+
+
+def write_planted_broden(root, data: PlantedDataset):
+    """`data` as a Broden-format folder: images store the label id in their red channel (so
+    --normalize 0,0.00392156862745098, i.e. mean 0 and std 1/255, gives the planted models their
+    ids back), label PNGs the object layer, the scene label as an image-level label."""
+    import csv
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+
+    def write(name, header, rows):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    rows = []
+    for i in range(len(data)):
+        lab = data.labels[i].astype(np.uint8)
+        img = np.zeros((data.size, data.size, 3), np.uint8)
+        img[..., 0] = lab.repeat(2, 0).repeat(2, 1)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        png = np.zeros((*lab.shape, 3), np.uint8)
+        png[..., 0] = lab
+        Image.fromarray(png).save(root / "images" / f"{i}_object.png")
+        scene = str(data.scene[i]) if data.scene[i] else ""
+        rows.append([f"{i}.png", "train", data.size, data.size, data.label_size, data.label_size,
+                     f"{i}_object.png", scene])
+    write("index.csv", ["image", "split", "ih", "iw", "sh", "sw", "object", "scene"], rows)
+    names = data.concept_names
+    cats = ["object"] * (data.num_concepts - 1) + ["scene"]
+    write("label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
+          [[n, names[n], f"{cats[n - 1]}(1)", 1, 1.0, ""] for n in range(1, data.num_concepts)])
+    for cat in ("object", "scene"):
+        members = [n for n in range(1, data.num_concepts) if cats[n - 1] == cat]
+        write(f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"],
+              [[0, 0, "-", 0, 0.0]] + [[k + 1, n, names[n], 1, 1.0] for k, n in enumerate(members)])
+    write("category.csv", ["name", "first", "last", "count", "frequency"],
+          [["object", 1, data.num_concepts - 2, data.num_concepts - 2, len(data)],
+           ["scene", data.num_concepts - 1, data.num_concepts - 1, 1, len(data)]])
+    return root

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from dissect_kernels.cli.common import load_model, load_weights, one_line, open_dataset
+from dissect_kernels.cli.common import (add_input_args, check_device, load_model, load_weights, one_line,
+                                       open_dataset, prepare_out)
 from dissect_kernels.engine import dataset_identity
 
 DEFAULT_OUT = "ablation_results"
@@ -51,6 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="'broden:PATH' (or PATH) of a Broden-format copy, or 'synthetic[:N]' to write "
                         f"N synthetic images under --out (default: {DEFAULT_DATASET})")
+    add_input_args(p)
     p.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model never "
                         "saw in training, which used seed 0)")
@@ -133,10 +135,8 @@ def _model(args):
         raise SystemExit(f"--layer: {one_line(err)}") from None
     model.eval()
     if args.device:
-        try:
-            model = model.to(torch.device(args.device))
-        except (RuntimeError, AssertionError) as err:
-            raise SystemExit(f"--device {args.device!r}: {one_line(err)}") from None
+        check_device(args.device)
+        model = model.to(torch.device(args.device))
     elif torch.cuda.is_available():
         model = model.cuda()
     return model, layer, targets
@@ -200,9 +200,10 @@ def run_ablate(args) -> int:
         print("ablating units of the embedded default model (a small CNN predicting which of "
               f"{len(names)} concepts an image contains); see --help to use your own")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    out = Path(args.out)
+    out = prepare_out(Path(args.out), Path(DEFAULT_OUT))
     try:
-        ds = open_dataset(args.dataset, out, args.seed, args.max_images)
+        ds = open_dataset(args.dataset, out, args.seed, args.max_images, image_size=args.image_size,
+                          normalize=args.normalize)
     except ValueError as err:
         raise SystemExit(f"--dataset {args.dataset!r}: {err}") from None
     (rank_data, rank_loader), (eval_data, eval_loader) = _loaders(args, ds, names)

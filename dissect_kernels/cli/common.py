@@ -67,9 +67,11 @@ def load_weights(model, weights: str, flag: str, spec: str) -> None:
                          f"{one_line(err)}") from err
 
 
-def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None):
+def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None, *,
+                 image_size: int | None = None, normalize: str | None = None):
     """'synthetic[:N]' writes a synthetic Broden-format dataset under out_dir; 'broden:PATH'
-    or a plain PATH reads a Broden copy."""
+    or a plain PATH reads a Broden copy; images resized to image_size and normalised by
+    `normalize` (imagenet by default)."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         try:
             n = int(spec.split(":", 1)[1]) if ":" in spec else DEFAULT_SYNTHETIC_IMAGES
@@ -86,8 +88,54 @@ def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None):
         if not root.is_dir():
             raise SystemExit(f"--dataset {spec!r}: {root} is not a folder")
     from dissect_kernels.data import BrodenDataset
+    from dissect_kernels.data.transforms import parse_normalization
     try:
-        return BrodenDataset(root, max_images=max_images)
+        norm = parse_normalization(normalize or "imagenet")
+    except ValueError as err:
+        raise SystemExit(f"--normalize {normalize!r}: {one_line(err)}") from None
+    if image_size is not None and image_size < 8:
+        raise SystemExit(f"--image-size must be >= 8 pixels, got {image_size}")
+    try:
+        return BrodenDataset(root, max_images=max_images, image_size=image_size, normalize=norm)
     except (OSError, ValueError, LookupError) as err:
         raise SystemExit(f"--dataset {spec!r}: not a readable Broden-format dataset "
                          f"({one_line(err)})") from err
+
+
+def add_input_args(p) -> None:
+    """--image-size and --normalize: how dataset images become the model's input."""
+    p.add_argument("--image-size", type=int, metavar="PIXELS",
+                   help="resize every image to PIXELS x PIXELS first (default: as stored)")
+    p.add_argument("--normalize", metavar="MEAN,STD",
+                   help="input normalisation: imagenet (default), ndl (NetDissect-Lite's Caffe "
+                        "mean, std 0.224), 'MEAN,STD' for all channels or 'M1,M2,M3,S1,S2,S3'")
+
+
+def check_device(value: str | None) -> None:
+    """A --device that cannot work here fails with one line (not a CUDA traceback)."""
+    import torch
+    if value is None:
+        return
+    try:
+        device = torch.device(value)
+    except RuntimeError as err:
+        raise SystemExit(f"--device {value!r}: {one_line(err)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {value!r}: no usable CUDA GPU here (torch {torch.__version__} "
+                         "sees none); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {value!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
+def prepare_out(out: Path, default: Path) -> Path:
+    """Create the output folder; the default one (written into the current directory) gets a
+    .gitignore of '*' so that a run inside a git checkout does not add its files."""
+    from dissect_kernels.io import ensure_dir
+    try:
+        ensure_dir(out)
+    except OSError as err:
+        raise SystemExit(f"--out {str(out)!r}: {one_line(err)}") from err
+    ignore = out / ".gitignore"
+    if Path(out) == Path(default) and not ignore.exists():
+        ignore.write_text("# written by dissect-kernels: results are not source files\n*\n")
+    return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dissect_kernels.cli.common import DEFAULT_SYNTHETIC_IMAGES, load_model, one_line, open_dataset
+from dissect_kernels.cli.common import (DEFAULT_SYNTHETIC_IMAGES, add_input_args, check_device, load_model,
+                                       load_weights, one_line, open_dataset, prepare_out)
 
 DEFAULT_OUT = "dissect_results"
 
@@ -19,9 +20,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "results.safetensors, units.csv, summary.json, report.html.")
     d.add_argument("--model", help="'module.path:factory' returning an nn.Module "
                                    "(default: the embedded small CNN)")
-    d.add_argument("--weights", help="state dict for --model (.safetensors, or a torch file)")
-    d.add_argument("--layers", help="comma-separated module names to dissect, e.g. layer3,layer4 "
-                                    "(default for the embedded model: its two last conv blocks)")
+    d.add_argument("--weights", help="state dict (.safetensors, or a torch file) for --model, or for "
+                                     "the embedded SmallCNN's architecture without --model")
+    d.add_argument("--layers", help="comma-separated layers to dissect, e.g. layer3,layer4 (default for "
+                                    "the embedded model: its two last conv blocks). A layer may carry "
+                                    "its layout: NAME:LAYOUT[,grid=HxW][,prefix=K][,select=S][,input] "
+                                    "with LAYOUT nchw (default; any strides), nhwc, tokens ([B, T, C]: "
+                                    "K class/register tokens first, then an HxW patch grid, square if "
+                                    "not given) or tokens_seq_first ([T, B, C]); select=INDEX|KEY picks "
+                                    "a tensor from a tuple/dict output; input takes the module's input. "
+                                    "E.g. 'blocks.6:tokens,prefix=1' for a ViT block")
     d.add_argument("--dataset", default="synthetic",
                    help="'broden:PATH' (or PATH) of a Broden-format copy, or 'synthetic[:N]' to "
                         f"write N synthetic images (default: synthetic, N={DEFAULT_SYNTHETIC_IMAGES})")
@@ -29,6 +37,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="exact (default), netdissect, netdissect-lite, dissect or gandissect: "
                         "which tool's thresholds, upsampling, union and detector rules to follow")
     d.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
+    d.add_argument("--thresholds", metavar="PATH",
+                   help="fixed per-unit thresholds instead of the quantile pass: a results folder "
+                        "(e.g. an earlier run of the same layers) or its results.safetensors")
     d.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     d.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     d.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -39,6 +50,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="also dissect each layer under a random orthogonal rotation of its units")
     d.add_argument("--max-images", type=int, help="use only the first N images of the dataset")
     d.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    add_input_args(d)
     d.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model "
                         "never saw in training, which used seed 0)")
@@ -65,24 +77,25 @@ def print_top_units(result, n: int = 12) -> None:
 
 def _model_and_layers(args):
     """(model, layer names) from --model/--weights/--layers, checked before any data is read."""
-    import dissect_kernels as dk
+    from dissect_kernels.engine.layers import as_specs, parse_layers
+    if args.layers is not None and not args.layers.strip(" ,"):
+        raise SystemExit("--layers is empty: name at least one module (e.g. --layers layer3,layer4)")
     if args.model:
         model, layers = load_model(args.model, args.weights), args.layers
+        if layers is None:
+            raise SystemExit("--layers is required with --model (e.g. --layers layer3,layer4)")
     else:
         from dissect_kernels.models import DEFAULT_LAYERS, load_default_model
         model = load_default_model()
+        if args.weights:
+            load_weights(model, args.weights, "the embedded", "SmallCNN")
         layers = args.layers or ",".join(DEFAULT_LAYERS)
         print("dissecting the embedded default model (a small CNN trained on synthetic "
               "Broden-format data); see --help to dissect your own")
-    names = [s.strip() for s in (layers or "").split(",") if s.strip()]
-    if not names:
-        raise SystemExit("--layers is required with --model (e.g. --layers layer3,layer4)")
-    for name in names:
-        try:
-            dk.get_module(model, name)
-        except LookupError as err:
-            raise SystemExit(f"--layers: {one_line(err)}") from err
-    return model, names
+    try:
+        return model, as_specs(model, parse_layers(layers))
+    except (ValueError, LookupError) as err:
+        raise SystemExit(f"--layers: {one_line(err)}") from err
 
 
 def _check_numbers(args) -> None:
@@ -97,19 +110,32 @@ def _check_numbers(args) -> None:
         raise SystemExit(f"--quantile must lie in (0, 1), got {args.quantile}")
 
 
+def _thresholds(path: str | None):
+    """--thresholds: a results folder (or its results.safetensors), checked before any pass."""
+    if path is None:
+        return None
+    folder = Path(path)
+    folder = folder.parent if folder.name == "results.safetensors" else folder
+    from dissect_kernels.io import load_results
+    try:
+        load_results(folder)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--thresholds {path!r}: {one_line(err)}") from None
+    return folder
+
+
 def run(args) -> int:
     import dissect_kernels as dk
-    from dissect_kernels.io import ensure_dir
 
     out_dir = Path(args.out)
+    check_device(args.device)
     model, names = _model_and_layers(args)
     _check_numbers(args)
-    dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images)
-    try:
-        ensure_dir(out_dir)
-    except OSError as err:
-        raise SystemExit(f"--out {str(out_dir)!r}: {one_line(err)}") from err
-    result = dk.dissect(model, names, dataset,
+    thresholds = _thresholds(args.thresholds)
+    prepare_out(out_dir, Path(DEFAULT_OUT))
+    dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images,
+                           image_size=args.image_size, normalize=args.normalize)
+    result = dk.dissect(model, names, dataset, thresholds=thresholds,
                         convention=args.convention, quantile=args.quantile,
                         batch_size=args.batch_size, device=args.device, out_dir=out_dir,
                         progress=not args.quiet, backend=args.backend, rotation=args.rotation,

@@ -10,20 +10,30 @@ from pathlib import Path
 import torch
 
 
+DEFAULT_OUT = Path("results/gan")
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `gan` subcommand to an argparse subparsers object."""
     p = sub.add_parser("gan", help="dissect a generator and rank its units by causal effect",
-                       description=__doc__.splitlines()[0])
-    p.add_argument("--generator", help="module:callable returning the generator (default: shipped tiny GAN)")
-    p.add_argument("--weights", help="safetensors or torch state dict for --generator")
-    p.add_argument("--segmenter", help="module:callable returning the segmenter (default: palette segmenter)")
-    p.add_argument("--layer", default=None, help="layer to dissect (default: the tiny GAN's planted layer3)")
-    p.add_argument("--concept", default=None, help="concept for the ACE ranking (default: the first non-background)")
-    p.add_argument("--num-samples", type=int, default=160)
-    p.add_argument("--ace-samples", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--convention", default="exact", choices=["exact", "gandissect"])
+                       description=" ".join(__doc__.split()))
+    p.add_argument("--generator", help="'module.path:factory' returning the generator (default: the "
+                                       "shipped tiny GAN)")
+    p.add_argument("--weights", help="state dict (.safetensors or a torch file) for --generator, or for "
+                                     "the shipped tiny GAN's architecture without --generator")
+    p.add_argument("--segmenter", help="'module.path:factory' returning the segmenter (default: the tiny "
+                                       "GAN's exact palette segmenter)")
+    p.add_argument("--layer", default=None, help="layer to dissect, a module name or NAME:LAYOUT,... as in "
+                                                 "`dissect --layers` (default: the tiny GAN's layer3)")
+    p.add_argument("--concept", default=None, help="concept for the ACE ranking (default: the first "
+                                                   "non-background class)")
+    p.add_argument("--num-samples", type=int, default=160, help="generated samples to dissect (default 160)")
+    p.add_argument("--ace-samples", type=int, default=32, help="samples for the ACE ranking (default 32)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="z of sample i depends only on (seed, i) (default 0)")
+    p.add_argument("--convention", default="exact", choices=["exact", "gandissect"],
+                   help="exact (default: exact quantiles) or gandissect (GAN Dissection's sketch and "
+                        "detector rule)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the generator's device)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
                    help="tally kernel backend (default: auto)")
@@ -31,27 +41,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quantile-mode", default=None, choices=["auto", "exact", "sketch"],
                    help="pass-1 quantiles; 'sketch' keeps memory flat in --num-samples "
                         "(default: auto for --convention exact, sketch for gandissect)")
-    p.add_argument("--out", type=Path, default=Path("results/gan"))
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=run_gan, func=run_gan)   # the main CLI dispatches on `run`
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_gan)
     return p
 
 
 def _load(args):
+    """(generator, layer, segmenter) from the flags, checked before any sample is drawn."""
+    from dissect_kernels.cli.common import build_from_spec, load_model, load_weights, one_line
+    from dissect_kernels.engine.layers import as_specs, parse_layer
     from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
-    from dissect_kernels.cli.common import build_from_spec, load_model
     if args.generator:
         gen = load_model(args.generator, args.weights, "--generator").eval()
-        layer = args.layer
-        if layer is None:
+        if args.layer is None:
             raise SystemExit("--layer is required with --generator")
-        from dissect_kernels.hooks import get_module
-        try:
-            get_module(gen, layer)
-        except LookupError as err:
-            raise SystemExit(f"--layer: {err}") from err
     else:
-        gen, layer = load_default_generator(), args.layer or tiny_gan_info()["layer"]
+        gen = load_default_generator()
+        if args.weights:
+            load_weights(gen, args.weights, "the shipped", "tiny GAN")
+    try:
+        layer = as_specs(gen, parse_layer(args.layer or tiny_gan_info()["layer"]))[0]
+    except (ValueError, LookupError) as err:
+        raise SystemExit(f"--layer: {one_line(err)}") from err
     seg = build_from_spec(args.segmenter, "--segmenter") if args.segmenter else default_segmenter()
     return gen, layer, seg
 
@@ -74,9 +86,13 @@ def run_gan(args) -> int:
     from dissect_kernels.generator import dissect_generator, generated_exemplars
     from dissect_kernels.report.ace_page import ACE_FILE, ace_page, save_image_strip
     from dissect_kernels.report.gan import write_gan
+    from dissect_kernels.cli.common import check_device, prepare_out
 
     t0 = time.perf_counter()
-    gen, layer, seg = _load(args)
+    check_device(args.device)
+    gen, spec, seg = _load(args)
+    layer = spec.key
+    prepare_out(args.out, DEFAULT_OUT)
     device = torch.device(args.device) if args.device else None
     if device is not None:
         gen = gen.to(device)
@@ -85,17 +101,17 @@ def run_gan(args) -> int:
     concept = args.concept if args.concept is not None else names[1]
     if concept not in names:
         raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
-    result = dissect_generator(gen, layer, seg, num_samples=args.num_samples, seed=args.seed,
+    result = dissect_generator(gen, spec, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
                                checkpoint_dir=args.out, progress=progress, backend=args.backend,
                                top_k=args.top_k, quantile_mode=args.quantile_mode)
     lr = result.layers[layer]
     t1 = time.perf_counter()
-    ranking = rank_units_by_ace(gen, layer, seg, concept, num_samples=args.ace_samples, seed=args.seed,
+    ranking = rank_units_by_ace(gen, spec, seg, concept, num_samples=args.ace_samples, seed=args.seed,
                                 batch_size=min(args.batch_size, 16), device=device, progress=progress,
                                 checkpoint_dir=args.out)
     z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
-    images = _ace_images(gen, layer, lr.num_units, ranking.value, z_of(torch.arange(min(6, args.ace_samples))))
+    images = _ace_images(gen, spec, lr.num_units, ranking.value, z_of(torch.arange(min(6, args.ace_samples))))
     result.timing["ace"] = time.perf_counter() - t1
     top = ranking.order[:5].tolist()
     lr.extra["ace"] = {"concept": concept, "page": ACE_FILE, "samples": ranking.num_samples,
@@ -110,7 +126,7 @@ def run_gan(args) -> int:
                 strips[u][kind] = save_image_strip(stage, f"images/ace/{concept}_unit_{u:04d}_{kind}.png",
                                                    images[kind][u])
 
-    exemplars = generated_exemplars(gen, seg, result, z_of, args.batch_size)
+    exemplars = generated_exemplars(gen, seg, result, z_of, args.batch_size, [spec])
     page = lambda stage: ace_page(stage, lr, ranking, concept, unit_base=result.unit_base, strips=strips)  # noqa: E731
     write_gan(args.out, result, exemplars, pages={ACE_FILE: page}, strips=ace_strips)
     n_det = lr.num_detectors

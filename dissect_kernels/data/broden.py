@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from dissect_kernels.data.errors import BrodenFormatError, CorruptSampleError
-from dissect_kernels.data.transforms import imagenet_transform
+from dissect_kernels.data.transforms import normalized_transform, parse_normalization
 
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 CATEGORY_COLUMNS = ("name", "first", "last", "count", "frequency")
@@ -107,12 +107,19 @@ class BrodenDataset(torch.utils.data.Dataset):
     Concept ids are label.csv numbers (0 = unlabelled); `category_of` is the primary category."""
 
     def __init__(self, root, *, categories=None, max_images=None, split=None, image_size=None,
-                 transform=None, require_labels: bool = False):
+                 transform=None, require_labels: bool = False, normalize=None):
+        """normalize: "imagenet" (the default), "ndl", or (mean, std) (numbers or per-channel
+        triples), applied after to-tensor; `transform` replaces the whole image transform."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"Broden root directory not found: {self.root}")
+        if transform is not None and normalize is not None:
+            raise ValueError("pass either transform= or normalize=, not both")
         self.image_size = image_size
-        self.transform = transform if transform is not None else imagenet_transform()
+        mean, std = parse_normalization(normalize or "imagenet")
+        self.transform = transform if transform is not None else normalized_transform(None, (mean, std))
+        self.transform_info = {"image_size": image_size, "normalize": "custom transform" if transform
+                               is not None else {"mean": list(mean), "std": list(std)}}
         self._read_labels()
         self._read_categories(categories)
         self._read_coverage()

@@ -84,3 +84,32 @@ def named_transform(name: str, size=None) -> Compose:
     if name not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {name!r}; expected one of {sorted(NORMALIZATIONS)}")
     return Compose(Resize(size) if size else None, ToTensor(), Normalize(*NORMALIZATIONS[name]))
+
+
+def parse_normalization(value) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A normalisation as (mean, std) per channel: a preset name ("imagenet", "ndl"), a pair
+    (mean, std) of numbers or of 3-tuples, or text 'MEAN,STD' / 'M1,M2,M3,S1,S2,S3'."""
+    if isinstance(value, str) and value in NORMALIZATIONS:
+        return NORMALIZATIONS[value]
+    if isinstance(value, str):
+        try:
+            nums = [float(v) for v in value.split(",")]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 6):
+            raise ValueError(f"normalize must be 'imagenet', 'ndl', 'MEAN,STD' or six numbers "
+                             f"'M1,M2,M3,S1,S2,S3', got {value!r}")
+        value = (nums[0], nums[1]) if len(nums) == 2 else (nums[:3], nums[3:])
+    mean, std = value
+    mean = tuple(float(m) for m in mean) if isinstance(mean, (list, tuple)) else (float(mean),) * 3
+    std = tuple(float(s) for s in std) if isinstance(std, (list, tuple)) else (float(std),) * 3
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"normalize needs 3 means and 3 positive stds, got mean={mean}, std={std}")
+    return mean, std
+
+
+def normalized_transform(size=None, normalize="imagenet") -> Compose:
+    """Optional resize, to-tensor, then (x - mean) / std with `normalize` (see
+    parse_normalization)."""
+    mean, std = parse_normalization(normalize)
+    return Compose(Resize(size) if size else None, ToTensor(), Normalize(mean, std))
