@@ -34,6 +34,11 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRegLayers = 8;          // label layers held in registers; more are re-read
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kChunk = kThreads * 65535;  // pixels per counter flush (16-bit counters)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr int kMinBlocksStaged = 4, kMinBlocksGlobal = 3;
+#else
+constexpr int kMinBlocksStaged = 3, kMinBlocksGlobal = 2;
+#endif
 constexpr size_t kStageBytes = 46 * 1024;  // under the 48 KB default (static shared included)
 
 void check(cudaError_t err, const char* what) {
@@ -70,10 +75,11 @@ __device__ __forceinline__ bool in_image(int c, const int32_t* img, int64_t M) {
 
 // kStaged: the tile's maps live in shared memory (fp32); otherwise they are read from global
 // memory with their strides (maps too large to stage).
-// Launch bounds: 3 blocks/SM (<= 80 registers) staged, 2 (<= 128) unstaged: no register spills on
-// sm_80, sm_86, sm_89 or sm_90 (tests/test_cuda_build.py checks ptxas -v for each).
+// Launch bounds: the most resident blocks per SM (register cap 65536 / (256 * n)) that leave
+// no register spills (tests/test_cuda_build.py checks ptxas -v on every default architecture):
+// sm_90 4 staged / 3 unstaged (64 / 80 registers), sm_8x 3 / 2 (80 / 128).
 template <bool kStaged>
-__global__ void __launch_bounds__(kThreads, kStaged ? 3 : 2) tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
+__global__ void __launch_bounds__(kThreads, kStaged ? kMinBlocksStaged : kMinBlocksGlobal) tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
   extern __shared__ float s_src[];
   __shared__ float s_thr[kTile];
   __shared__ float s_max[kTile];
