@@ -10,9 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from dissect_kernels.triton import launch
-
 from dissect_kernels.geometry import AxisTable
+from dissect_kernels.triton import launch
 
 # fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
 LAUNCH_OPTIONS = dict(num_warps=8, enable_fp_fusion=False)
@@ -31,9 +30,50 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
     um = u < U
     ubase = acts + b * s0 + u * s1  # [BLOCK_U] pointers to each map
     t = tl.load(thr + u, mask=um, other=float("inf"))
+    mx, mn = _map_extremes(ubase, um, s2, s3, w, hw, BLOCK_U, BLOCK_S)
+    convex = _tables_convex(yw0, yw1, xw0, xw1, H, W, BLOCK_S)
+    # Dead units: a bound on every upsampled value (weights >= 0, pair sums <= 1; see
+    # csrc/cuda/tally.cu); padding units keep -inf + inf out of it.
+    mx_u = tl.where(um, mx, 0.0)
+    slack = 4e-6 * tl.maximum(tl.abs(mx_u), tl.abs(tl.where(um, mn, 0.0))) + 1e-36
+    live = um & (tl.where(convex, mx_u, tl.maximum(mx_u, 0.0)) + slack > t)
+    count = tl.zeros([BLOCK_U], tl.int64)
+    q = tl.arange(0, TILE_H * TILE_W)
+    if tl.sum(live.to(tl.int32), axis=0) > 0:
+        for ty0 in range(0, H, TILE_H):
+            for tx0 in range(0, W, TILE_W):
+                y = ty0 + q // TILE_W
+                x = tx0 + q % TILE_W
+                pm = (y < H) & (x < W)
+                iy0 = tl.load(yi0 + y, mask=pm, other=0)
+                iy1 = tl.load(yi1 + y, mask=pm, other=0)
+                ix0 = tl.load(xi0 + x, mask=pm, other=0)
+                ix1 = tl.load(xi1 + x, mask=pm, other=0)
+                tile_live = _tile_live(ubase, live, t, convex, slack, iy0, iy1, ix0, ix1, pm, s2, s3, RECT)
+                n_live = tl.sum(tile_live.to(tl.int32), axis=0)
+                if COUNT_STATS:
+                    tl.atomic_add(stats + 0, 1, sem="relaxed")
+                    tl.atomic_add(stats + 1, (n_live == 0).to(tl.int64), sem="relaxed")
+                if n_live > 0:
+                    m2 = tile_live[:, None] & pm[None, :]
+                    v = _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1)
+                    act = (v > t[:, None]) & m2
+                    n_act = tl.sum(act.to(tl.int64), axis=1)
+                    count += n_act
+                    if tl.sum(n_act, axis=0) > 0:
+                        _count_labels(act, y * W + x, u, b, lab + b * L * HW, img + b * M, cat, inter,
+                                      touched, stats, U, C, K, HW, L, M, PER_LAYER, HAS_TOUCHED,
+                                      COUNT_STATS, BLOCK_U, TILE_H * TILE_W, MAX_GROUPS)
+    tl.store(active + b * U + u, count, mask=um)
+    tl.store(amax + b * U + u, mx, mask=um)
+    _count_image_labels(count, um, u, b, img + b * M, cat, inter, touched, U, C, K, M, PER_LAYER,
+                        HAS_TOUCHED, BLOCK_U)
 
-    # Max/min of each source map: the `max` output and the bound that skips dead units
-    # (safe because weights are >= 0 and pair sums are <= 1; see csrc/cuda/tally.cu).
+
+@triton.jit
+def _map_extremes(ubase, um, s2, s3, w: tl.constexpr, hw: tl.constexpr, BLOCK_U: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
+    """Max and min of each source map: the `max` output and the dead-unit bound."""
     mx = tl.full([BLOCK_U], float("-inf"), tl.float32)
     mn = tl.full([BLOCK_U], float("inf"), tl.float32)
     for j0 in range(0, hw, BLOCK_S):
@@ -43,6 +83,12 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
         v = tl.load(ubase[:, None] + off[None, :], mask=jm, other=0.0).to(tl.float32)
         mx = tl.maximum(mx, tl.max(tl.where(jm, v, float("-inf")), axis=1))
         mn = tl.minimum(mn, tl.min(tl.where(jm, v, float("inf")), axis=1))
+    return mx, mn
+
+
+@triton.jit
+def _tables_convex(yw0, yw1, xw0, xw1, H: tl.constexpr, W: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Whether every weight pair of both tables sums to 1 (up to rounding): clamped geometries."""
     pair_min = tl.full([BLOCK_S], 2.0, tl.float32)
     for i0 in range(0, H, BLOCK_S):
         i = i0 + tl.arange(0, BLOCK_S)
@@ -52,118 +98,105 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
         i = i0 + tl.arange(0, BLOCK_S)
         s = tl.load(xw0 + i, mask=i < W, other=1.0) + tl.load(xw1 + i, mask=i < W, other=1.0)
         pair_min = tl.minimum(pair_min, s)
-    convex = tl.min(pair_min, axis=0) >= 1.0 - 1e-6
-    mx_u = tl.where(um, mx, 0.0)  # padding units: keep -inf + inf out of the bound
-    mag = tl.maximum(tl.abs(mx_u), tl.abs(tl.where(um, mn, 0.0)))
-    slack = 4e-6 * mag + 1e-36
-    bound = tl.where(convex, mx_u, tl.maximum(mx_u, 0.0)) + slack
-    live = um & (bound > t)
+    return tl.min(pair_min, axis=0) >= 1.0 - 1e-6
 
-    lab_b = lab + b * L * HW
-    img_b = img + b * M
-    count = tl.zeros([BLOCK_U], tl.int64)
-    q = tl.arange(0, TILE_H * TILE_W)
+
+@triton.jit
+def _tile_live(ubase, live, t, convex, slack, iy0, iy1, ix0, ix1, pm, s2, s3, RECT: tl.constexpr):
+    """Units that can have an active pixel in this output tile. Every value of the tile blends
+    source taps from the rectangle [r_lo, r_hi] x [c_lo, c_hi], so the map bound holds with the
+    rectangle's max in place of the map's (same slack: |taps| <= the map's max |value|); a
+    rectangle wider than RECT x RECT is not bounded (the unit stays live)."""
+    r_lo = tl.min(tl.where(pm, tl.minimum(iy0, iy1), 2147483647), axis=0)
+    r_hi = tl.max(tl.where(pm, tl.maximum(iy0, iy1), -1), axis=0)
+    c_lo = tl.min(tl.where(pm, tl.minimum(ix0, ix1), 2147483647), axis=0)
+    c_hi = tl.max(tl.where(pm, tl.maximum(ix0, ix1), -1), axis=0)
+    fits = (r_hi - r_lo < RECT) & (c_hi - c_lo < RECT)
     j = tl.arange(0, RECT * RECT)
-    if tl.sum(live.to(tl.int32), axis=0) > 0:
-        for ty0 in range(0, H, TILE_H):
-            for tx0 in range(0, W, TILE_W):
-                y = ty0 + q // TILE_W
-                x = tx0 + q % TILE_W
-                pm = (y < H) & (x < W)
-                p = y * W + x
-                iy0 = tl.load(yi0 + y, mask=pm, other=0)
-                iy1 = tl.load(yi1 + y, mask=pm, other=0)
-                ix0 = tl.load(xi0 + x, mask=pm, other=0)
-                ix1 = tl.load(xi1 + x, mask=pm, other=0)
-                # Tile bound: every value of this output tile blends source taps from the
-                # rectangle [r_lo, r_hi] x [c_lo, c_hi], so the map bound above holds with the
-                # rectangle's max in place of the map's (same slack: |taps| <= mag). A unit
-                # whose rectangle bound is <= t has no active pixel in the tile (exact skip).
-                r_lo = tl.min(tl.where(pm, tl.minimum(iy0, iy1), 2147483647), axis=0)
-                r_hi = tl.max(tl.where(pm, tl.maximum(iy0, iy1), -1), axis=0)
-                c_lo = tl.min(tl.where(pm, tl.minimum(ix0, ix1), 2147483647), axis=0)
-                c_hi = tl.max(tl.where(pm, tl.maximum(ix0, ix1), -1), axis=0)
-                fits = (r_hi - r_lo < RECT) & (c_hi - c_lo < RECT)
-                rr = r_lo + j // RECT
-                cc = c_lo + j % RECT
-                rm = live[:, None] & ((rr <= r_hi) & (cc <= c_hi) & fits)[None, :]
-                rect = tl.load(ubase[:, None] + (rr.to(tl.int64) * s2 + cc.to(tl.int64) * s3)[None, :],
-                               mask=rm, other=0.0).to(tl.float32)
-                tmax = tl.max(tl.where(rm, rect, float("-inf")), axis=1)
-                tbound = tl.where(convex, tmax, tl.maximum(tmax, 0.0)) + slack
-                tile_live = live & ((tbound > t) | ~fits)
-                n_live = tl.sum(tile_live.to(tl.int32), axis=0)
-                if COUNT_STATS:
-                    tl.atomic_add(stats + 0, 1, sem="relaxed")
-                    tl.atomic_add(stats + 1, (n_live == 0).to(tl.int64), sem="relaxed")
-                if n_live > 0:
-                    wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
-                    wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
-                    wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
-                    wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
-                    m2 = tile_live[:, None] & pm[None, :]
-                    row0 = ubase[:, None] + (iy0.to(tl.int64) * s2)[None, :]
-                    row1 = ubase[:, None] + (iy1.to(tl.int64) * s2)[None, :]
-                    col0 = (ix0.to(tl.int64) * s3)[None, :]
-                    col1 = (ix1.to(tl.int64) * s3)[None, :]
-                    a00 = tl.load(row0 + col0, mask=m2, other=0.0).to(tl.float32)
-                    a01 = tl.load(row0 + col1, mask=m2, other=0.0).to(tl.float32)
-                    a10 = tl.load(row1 + col0, mask=m2, other=0.0).to(tl.float32)
-                    a11 = tl.load(row1 + col1, mask=m2, other=0.0).to(tl.float32)
-                    r0 = wx0[None, :] * a00 + wx1[None, :] * a01
-                    r1 = wx0[None, :] * a10 + wx1[None, :] * a11
-                    v = wy0[None, :] * r0 + wy1[None, :] * r1
-                    act = (v > t[:, None]) & m2
-                    n_act = tl.sum(act.to(tl.int64), axis=1)
-                    count += n_act
-                    if tl.sum(n_act, axis=0) > 0:
-                        pix = tl.max(act.to(tl.int32), axis=0) > 0  # [TILE]: any unit active here
-                        for layer in range(0, L):
-                            c = tl.load(lab_b + layer * HW + p, mask=pix, other=0)
-                            ok = pix & (c > 0)
-                            if not PER_LAYER:
-                                for l2 in range(0, layer):
-                                    ok = ok & (tl.load(lab_b + l2 * HW + p, mask=pix, other=0) != c)
-                                for m in range(0, M):
-                                    ok = ok & (tl.load(img_b + m) != c)
-                            # Aggregated counter updates: one atomic per (unit, concept) of the
-                            # tile for up to MAX_GROUPS concepts (labels come in blobs, so a
-                            # tile holds few), one per unit-pixel for any rest (with `touched`,
-                            # whose per-element stores would spill registers, the loop runs on
-                            # instead). Only the per-pixel mask of concepts still to emit is
-                            # carried, not a [units, pixels] one.
-                            todo = ok
-                            n_todo = tl.sum(todo.to(tl.int32), axis=0)
-                            if COUNT_STATS:
-                                hits = tl.sum(tl.sum((act & ok[None, :]).to(tl.int64), axis=1), axis=0)
-                                tl.atomic_add(stats + 2, hits, sem="relaxed")
-                            groups = tl.full([], 0, tl.int32)
-                            while (n_todo > 0) & ((groups < MAX_GROUPS) | HAS_TOUCHED):
-                                cmax = tl.max(tl.where(todo, c, -1), axis=0)
-                                sel = act & (todo & (c == cmax))[None, :]
-                                n = tl.sum(sel.to(tl.int64), axis=1)
-                                tl.atomic_add(inter + u * C + cmax, n, mask=n > 0, sem="relaxed")
-                                if HAS_TOUCHED:
-                                    k = tl.load(cat + cmax)
-                                    tl.store(touched + (b * U + u) * K + k, tl.full([BLOCK_U], 1, tl.uint8),
-                                             mask=n > 0)
-                                if COUNT_STATS:
-                                    tl.atomic_add(stats + 3, tl.sum((n > 0).to(tl.int64), axis=0), sem="relaxed")
-                                todo = todo & (c != cmax)
-                                n_todo = tl.sum(todo.to(tl.int32), axis=0)
-                                groups += 1
-                            if n_todo > 0:
-                                left = act & todo[None, :]
-                                tl.atomic_add(inter + u[:, None] * C + c[None, :], left.to(tl.int64),
-                                              mask=left, sem="relaxed")
-                                if COUNT_STATS:
-                                    tl.atomic_add(stats + 3, tl.sum(tl.sum(left.to(tl.int64), axis=1), axis=0),
-                                                  sem="relaxed")
+    rr = r_lo + j // RECT
+    cc = c_lo + j % RECT
+    rm = live[:, None] & ((rr <= r_hi) & (cc <= c_hi) & fits)[None, :]
+    rect = tl.load(ubase[:, None] + (rr.to(tl.int64) * s2 + cc.to(tl.int64) * s3)[None, :],
+                   mask=rm, other=0.0).to(tl.float32)
+    tmax = tl.max(tl.where(rm, rect, float("-inf")), axis=1)
+    return live & ((tl.where(convex, tmax, tl.maximum(tmax, 0.0)) + slack > t) | ~fits)
 
-    tl.store(active + b * U + u, count, mask=um)
-    tl.store(amax + b * U + u, mx, mask=um)
-    # Image-level labels cover every pixel: each counts every active pixel (once per id
-    # unless per_layer).
+
+@triton.jit
+def _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1):
+    """[units, pixels] upsampled values in tally.h's fp32 order (horizontal, then vertical)."""
+    wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
+    wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
+    wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
+    wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
+    row0 = ubase[:, None] + (iy0.to(tl.int64) * s2)[None, :]
+    row1 = ubase[:, None] + (iy1.to(tl.int64) * s2)[None, :]
+    col0 = (ix0.to(tl.int64) * s3)[None, :]
+    col1 = (ix1.to(tl.int64) * s3)[None, :]
+    a00 = tl.load(row0 + col0, mask=m2, other=0.0).to(tl.float32)
+    a01 = tl.load(row0 + col1, mask=m2, other=0.0).to(tl.float32)
+    a10 = tl.load(row1 + col0, mask=m2, other=0.0).to(tl.float32)
+    a11 = tl.load(row1 + col1, mask=m2, other=0.0).to(tl.float32)
+    r0 = wx0[None, :] * a00 + wx1[None, :] * a01
+    r1 = wx0[None, :] * a10 + wx1[None, :] * a11
+    return wy0[None, :] * r0 + wy1[None, :] * r1
+
+
+@triton.jit
+def _count_labels(act, p, u, b, lab_b, img_b, cat, inter, touched, stats, U, C, K, HW: tl.constexpr,
+                  L: tl.constexpr, M: tl.constexpr, PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr,
+                  COUNT_STATS: tl.constexpr, BLOCK_U: tl.constexpr, TILE: tl.constexpr,
+                  MAX_GROUPS: tl.constexpr):
+    """Add the tile's active pixels to intersection[u, c] for the concepts of every label layer
+    (once per pixel across layers and image labels unless PER_LAYER)."""
+    pix = tl.max(act.to(tl.int32), axis=0) > 0  # [TILE]: any unit active here
+    for layer in range(0, L):
+        c = tl.load(lab_b + layer * HW + p, mask=pix, other=0)
+        ok = pix & (c > 0)
+        if not PER_LAYER:
+            for l2 in range(0, layer):
+                ok = ok & (tl.load(lab_b + l2 * HW + p, mask=pix, other=0) != c)
+            for m in range(0, M):
+                ok = ok & (tl.load(img_b + m) != c)
+        if COUNT_STATS:
+            tl.atomic_add(stats + 2, tl.sum(tl.sum((act & ok[None, :]).to(tl.int64), axis=1), axis=0),
+                          sem="relaxed")
+        _emit(act, ok, c, u, b, cat, inter, touched, stats, U, C, K, HAS_TOUCHED, COUNT_STATS,
+              BLOCK_U, TILE, MAX_GROUPS)
+
+
+@triton.jit
+def _emit(act, todo, c, u, b, cat, inter, touched, stats, U, C, K, HAS_TOUCHED: tl.constexpr,
+          COUNT_STATS: tl.constexpr, BLOCK_U: tl.constexpr, TILE: tl.constexpr, MAX_GROUPS: tl.constexpr):
+    """Aggregated counter updates: one atomic per (unit, concept) of the tile for up to
+    MAX_GROUPS concepts (labels come in blobs, so a tile holds few), one per unit-pixel for any
+    rest (with `touched`, whose per-element stores would spill registers, the loop runs on
+    instead). Only the per-pixel mask `todo` of concepts still to emit is carried."""
+    n_todo = tl.sum(todo.to(tl.int32), axis=0)
+    groups = tl.full([], 0, tl.int32)
+    while (n_todo > 0) & ((groups < MAX_GROUPS) | HAS_TOUCHED):
+        cmax = tl.max(tl.where(todo, c, -1), axis=0)
+        n = tl.sum((act & (todo & (c == cmax))[None, :]).to(tl.int64), axis=1)
+        tl.atomic_add(inter + u * C + cmax, n, mask=n > 0, sem="relaxed")
+        if HAS_TOUCHED:
+            tl.store(touched + (b * U + u) * K + tl.load(cat + cmax), tl.full([BLOCK_U], 1, tl.uint8), mask=n > 0)
+        if COUNT_STATS:
+            tl.atomic_add(stats + 3, tl.sum((n > 0).to(tl.int64), axis=0), sem="relaxed")
+        todo = todo & (c != cmax)
+        n_todo = tl.sum(todo.to(tl.int32), axis=0)
+        groups += 1
+    if n_todo > 0:
+        left = act & todo[None, :]
+        tl.atomic_add(inter + u[:, None] * C + c[None, :], left.to(tl.int64), mask=left, sem="relaxed")
+        if COUNT_STATS:
+            tl.atomic_add(stats + 3, tl.sum(tl.sum(left.to(tl.int64), axis=1), axis=0), sem="relaxed")
+
+
+@triton.jit
+def _count_image_labels(count, um, u, b, img_b, cat, inter, touched, U, C, K, M: tl.constexpr,
+                        PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr, BLOCK_U: tl.constexpr):
+    """Image-level labels cover every pixel: each counts every active pixel of the unit (once
+    per distinct id unless PER_LAYER)."""
     for m in range(0, M):
         c = tl.load(img_b + m)
         ok = c > 0
@@ -173,8 +206,7 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
         hit = um & (count > 0) & ok
         tl.atomic_add(inter + u * C + c, count, mask=hit, sem="relaxed")
         if HAS_TOUCHED:
-            k = tl.load(cat + c)
-            tl.store(touched + (b * U + u) * K + k, tl.full([BLOCK_U], 1, tl.uint8), mask=hit)
+            tl.store(touched + (b * U + u) * K + tl.load(cat + c), tl.full([BLOCK_U], 1, tl.uint8), mask=hit)
 
 
 def tile_shape(H: int, W: int, block_p: int) -> tuple[int, int]:
