@@ -118,6 +118,8 @@ class Plan:
 
     def exemplar_masks(self, results) -> dict:
         """{f"{layer}/masks": {"keys", "masks"}}: each exemplar's mask, made when it is read."""
+        if not self.exemplars:
+            return {}
         found = results["exemplars" if self.given is not None else "tally"]
         out = {}
         for v in self.views:

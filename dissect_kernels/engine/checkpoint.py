@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dissect_kernels.io.atomic import atomic_write_file, write_text
+from dissect_kernels.io.atomic import atomic_write_file, savable, write_text
 
 MANIFEST = "manifest.json"
 _MANIFEST_FIELDS = ("key", "step", "tensors", "sha256", "progress")
@@ -111,7 +111,7 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._step += 1
         name = f"state-{self._step}.safetensors"
-        plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        plain = savable(tensors)
         state = atomic_write_file(self.dir / name, lambda tmp: save_file(plain, tmp))
         meta = {"key": self.key, "step": self._step, "tensors": name, "sha256": file_sha256(state),
                 "progress": progress, "saved_at": time.time()}

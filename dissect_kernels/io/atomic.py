@@ -83,3 +83,18 @@ def read_json(path, what: str = "file") -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{what} {path} is not valid JSON ({err})") from None
+
+
+def savable(tensors: dict) -> dict:
+    """Tensors as safetensors.save_file takes them: CPU, contiguous, no two sharing memory (a
+    tensor is copied only when it shares its storage with one seen before, so a 16k-unit
+    result is not duplicated in memory just to be written)."""
+    seen, out = set(), {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dissect_kernels.conventions import Convention
-from dissect_kernels.io.atomic import atomic_write, ensure_dir
+from dissect_kernels.io.atomic import atomic_write, ensure_dir, savable
 from dissect_kernels.results import DissectionResult, LayerResult, layer_tensors, unit_rows
 
 FORMAT = "dissect_kernels.results"
@@ -85,8 +85,8 @@ def _write_tensors(path: Path, result: DissectionResult, run_id: str) -> None:
     tensors = {}
     for name, lr in result.layers.items():
         for key, t in layer_tensors(lr).items():
-            tensors[f"{name}/{key}"] = t.detach().cpu().contiguous().clone()
-    save_file(tensors, str(path), metadata={"format": FORMAT, "run_id": run_id,
+            tensors[f"{name}/{key}"] = t
+    save_file(savable(tensors), str(path), metadata={"format": FORMAT, "run_id": run_id,
                                             "layers": json.dumps(list(result.layers))})
 
 

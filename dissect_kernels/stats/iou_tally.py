@@ -151,9 +151,8 @@ class IoUTally:
     def iou(self) -> torch.Tensor:
         """[U, C] float64 IoU under the convention (see the module docstring)."""
         conv = self.convention
-        I = self.intersection.double()
-        G = self.truth.double()[None, :]
         if conv.union == "all":
+            I, G = self.intersection.double(), self.truth.double()[None, :]
             n = float(self.total_pixels)
             if n == 0:
                 return torch.zeros_like(I)
@@ -163,9 +162,15 @@ class IoUTally:
             out = _nan_to_zero(out)
             out[:, 0] = pa[:, 0]
             return out
-        denom = (self._union_activation() + self.truth[None, :] - self.intersection).double()
-        out = I / (denom + conv.epsilon) if conv.epsilon else I / denom
-        return _nan_to_zero(out)
+        # in place on one [U, C] float64 buffer: integer sums are exact in float64 (< 2^53), so
+        # this equals (A + G - I) in int64 cast once, with a fraction of the memory
+        denom = self.activation.double()[:, self.category_of]          # [U, K] -> [U, C]
+        denom += self.truth.double()[None, :]
+        denom -= self.intersection
+        if conv.epsilon:
+            denom += conv.epsilon
+        out = torch.div(self.intersection, denom, out=denom)
+        return out.masked_fill_(out.isnan(), 0.0)
 
     def iqr(self) -> torch.Tensor:
         """[U, C] float64 information-quality ratio MI/JE of the 2x2 table (GD's formula)."""
