@@ -3,6 +3,7 @@ from dissect_kernels._version import __version__  # noqa: F401  (the one place i
 from dissect_kernels.ace import ace, rank_units_by_ace
 from dissect_kernels.alpha import optimize_alpha
 from dissect_kernels.dissect import dissect
+from dissect_kernels.engine.layers import LayerSpec
 from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
@@ -25,7 +26,7 @@ from dissect_kernels.stats.topk import TopK
 __all__ = [
     "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
     "AblationResult", "DissectionResult", "Edit", "ExactQuantile", "Geometry", "IoUTally", "LabelStats",
-    "LayerResult", "QuantileEstimator", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
+    "LayerResult", "LayerSpec", "QuantileEstimator", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "make_quantile", "plot_ablation",
     "run_layers", "save_results", "segment_stats", "tally", "upsample",
 ]

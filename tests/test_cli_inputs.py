@@ -118,3 +118,22 @@ def test_default_output_folder_is_git_ignored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["dissect", "--dataset", "synthetic:12", "--quiet"]) == 0
     assert (tmp_path / "dissect_results" / ".gitignore").read_text().strip().endswith("*")
+
+
+def planted_vit_architecture():
+    """The planted ViT's architecture with fresh (random) weights: --model for the weights test."""
+    from dissect_kernels.models.tiny_vit import TinyViT
+    return TinyViT(dim=8, heads=1, register_tokens=2, one_hot_input=6)
+
+
+def test_timm_format_weights_load_from_a_safetensors_file(broden, tmp_path):
+    """The planted ViT's state dict (timm's names) saved as safetensors and loaded with --weights
+    into a freshly built model: its planted units are found again."""
+    from dissect_kernels.models.tiny_vit import planted_vit
+    save_file(planted_vit().state_dict(), str(tmp_path / "vit.safetensors"))
+    assert main(["dissect", "--model", "test_cli_inputs:planted_vit_architecture", "--quiet",
+                 "--weights", str(tmp_path / "vit.safetensors"), "--layers", "blocks.1:tokens,prefix=3",
+                 "--dataset", f"broden:{broden}", "--normalize", IDS,
+                 "--quantile", str(DATA.midgap_quantile(16 * 16)), "--out", str(tmp_path / "o")]) == 0
+    rows = json.loads((tmp_path / "o" / "summary.json").read_text())["layers"]["blocks.1"]["unit_rows"]
+    assert [r["label"] for r in rows[:4]] == ["thing1", "thing2", "thing3", "thing4"]
