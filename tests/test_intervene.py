@@ -182,6 +182,9 @@ def test_keyword_called_layer_and_top_level_exports():
 
 @pytest.mark.gpu
 def test_batched_equals_loop_on_cuda():
+    """On CUDA the layers after the edit run at batch c*B instead of B, and cuDNN may pick
+    another algorithm for another batch size (other rounding): equal to float32 tolerance, not
+    bit for bit (the CPU tests check bit equality)."""
     model, x = conv_net().cuda(), torch.randn(4, 3, 10, 10, device="cuda")
     sets = [[u] for u in range(16)] + [list(range(8))]
     pos = torch.rand(4, 5, 5, device="cuda") > 0.3
@@ -190,4 +193,4 @@ def test_batched_equals_loop_on_cuda():
         A = unit_masks(sets, 16, "cuda")
         for s in range(len(sets)):
             with Trace(model, "2", edit=Edit(A[s].view(1, 16, 1, 1) * pos[:, None].float(), 0.0)):
-                assert torch.equal(got[s], model(x))
+                torch.testing.assert_close(got[s], model(x), rtol=1e-5, atol=1e-6)

@@ -49,6 +49,7 @@ import torch
 
 from dissect_kernels import _native
 from dissect_kernels.ops import _checks
+from dissect_kernels.ops.quantile import canonical_device
 from dissect_kernels.stats import _tail_torch
 
 _STATE = ("values", "rmin", "rmax", "gap", "eq", "size", "total", "counted", "pend", "pend_n", "tidx", "coarsen")
@@ -94,7 +95,7 @@ class TailSketch:
                         tail_shift=tail_shift_for(self.min_quantile) if tail_only else 5,
                         block_rows=capacity // 16, seed=int(seed))
         self.backend = backend
-        self._device = None if device is None else torch.device(device)
+        self._device = canonical_device(device)     # "cuda" -> "cuda:<index>", as tensors report
         self.st = None if device is None else self._empty(self._device)
 
     # ----------------------------------------------------------------- state
