@@ -156,7 +156,7 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
             device=None, out_dir=None, progress: bool = True, backend: str = "auto",
             rotation: int | None = None, top_k: int | None = None, quantile_mode: str = "auto",
             num_workers: int = 0, report: bool = True, checkpoint_interval: float = 120.0,
-            resume: bool = True, thresholds=None) -> DissectionResult:
+            resume: bool = True, thresholds=None, cache_bytes: int | None = None) -> DissectionResult:
     """Dissect `layers` of `model` on a Broden-format `dataset` (see BrodenDataset).
 
     `layers`: module names or dk.LayerSpecs (token, NHWC and sequence-first layouts, a tensor
@@ -168,7 +168,9 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     units (the NetDissect axis-alignment test). `convention` picks the reference whose rules to
     follow; `quantile`, `geometry` and `top_k` override the convention's. `thresholds` (a dict
     {layer: [U] tensor}, or a results folder such as a previous run's) fixes the thresholds:
-    the quantile pass is skipped and summary.json records where they came from."""
+    the quantile pass is skipped and summary.json records where they came from. cache_bytes
+    bounds the activation cache that lets pass 2 skip the images and the model (None: a
+    quarter of memory, at most 8 GiB; 0: off); results are the same either way."""
     conv = get_convention(convention)
     q = conv.quantile if quantile is None else float(quantile)
     if q is None or not 0.0 < q < 1.0:
@@ -205,7 +207,8 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
         write_dissection(out_dir, result, plan.exemplar_masks(output.results), dataset.load_image_uint8,
                          report=report)
 
-    return run_passes(model.to(device).eval(), source, plan.passes(), layers=views, device=device, progress=progress, checkpoint=ckpt,
+    return run_passes(model.to(device).eval(), source, plan.passes(), layers=views, device=device,
+                      progress=progress, checkpoint=ckpt, cache_bytes=cache_bytes,
                       finish=lambda output: build_result(plan, output),
                       write=write if out_dir is not None else None)
 

@@ -142,7 +142,7 @@ def dissect_generator(generator: nn.Module, layers: "str | LayerSpec | Sequence[
                       device=None, out_dir=None, progress: bool = True, backend: str = "auto",
                       top_k: int | None = None, resume: bool = True,
                       checkpoint_interval: float = 120.0, quantile_mode: str | None = None,
-                      checkpoint_dir=None) -> DissectionResult:
+                      checkpoint_dir=None, cache_bytes: int | None = None) -> DissectionResult:
     """GAN dissection of `layers` of `generator` on num_samples z (z_i depends only on (seed, i),
     or z_sampler(indices) -> z). segmenter(images) -> class ids [B, (L,) H, W] with attribute
     num_classes (optional concept_names, category_names, category_of); class 0 = background.
@@ -157,7 +157,9 @@ def dissect_generator(generator: nn.Module, layers: "str | LayerSpec | Sequence[
     quantile_mode (pass 1's levels): None = the convention's ("auto" for "exact": exact while
     the kept values fit 2 GiB, so memory grows with num_samples up to that budget; "sketch" for
     "gandissect"); "sketch" = bounded memory (use it for large runs); "exact" = exact quantiles
-    or a clear error when over the budget."""
+    or a clear error when over the budget. cache_bytes bounds the activation cache (captured
+    maps and the segmenter's labels of pass 1, reused by passes 2 and 3 instead of generating
+    and segmenting again; None: a quarter of memory, at most 8 GiB; 0: off)."""
     conv, specs, quantile_mode = _checked(generator, layers, convention, quantile_mode, num_samples,
                                           batch_size)
     layers = [s.key for s in specs]
@@ -183,7 +185,7 @@ def dissect_generator(generator: nn.Module, layers: "str | LayerSpec | Sequence[
 
     return run_passes(generator, IndexSource(num_samples, z_of, batch_size=batch_size), plan.passes(),
                       layers=specs, device=device, progress=progress, annotate=annotate,
-                      checkpoint=ckpt, check_finite=False, desc="gan",
+                      checkpoint=ckpt, check_finite=False, desc="gan", cache_bytes=cache_bytes,
                       finish=lambda output: build_result(plan, output, seed, batch_size, segmenter, generator),
                       write=write if out_dir is not None else None)
 

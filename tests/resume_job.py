@@ -1,6 +1,7 @@
 """Subprocess for the kill/resume test: runs one driver slowly (a sleep before every forward
 pass of the model), checkpointing after every batch into argv[2], writes its result tensors to
-argv[2]/result.safetensors and prints how many forward passes the model actually ran.
+argv[2]/result.safetensors and prints how many forward passes the model actually ran (with the
+activation cache off, so that every pass runs the model and the counts show what resumed).
 
     python resume_job.py DRIVER OUT DELAY [VARIANT]
 
@@ -37,14 +38,14 @@ def dissect(out, delay, variant):
     torch.manual_seed(0)  # the model weights are part of the checkpoint key
     q = 0.95 if variant else 0.9375
     dk.dissect(slow(Planted(), delay), "units", PlantedDataset(n_images=64), quantile=q, batch_size=8,
-               out_dir=out, progress=False, checkpoint_interval=0, rotation=1)
+               out_dir=out, progress=False, checkpoint_interval=0, rotation=1, cache_bytes=0)
     return None                                     # results.safetensors is the result
 
 
 def gan(out, delay, variant):
     dk.dissect_generator(slow(load_default_generator(), delay), "layer3", default_segmenter(),
                          num_samples=24 + variant, batch_size=4, out_dir=out, progress=False,
-                         checkpoint_interval=0, top_k=3)
+                         checkpoint_interval=0, top_k=3, cache_bytes=0)
     return None
 
 

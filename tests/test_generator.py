@@ -332,7 +332,8 @@ class _Flaky:
 @pytest.mark.parametrize("fail_at", [2, 5, 8])          # pass 1, pass 2, pass 3 (3 batches each)
 def test_resume_after_a_crash_equals_an_uninterrupted_run(gan, tmp_path, fail_at):
     g, _, _ = gan
-    kw = dict(num_samples=9, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0)
+    kw = dict(num_samples=9, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0,
+              cache_bytes=0)           # no activation cache: every pass generates and segments
     first = _Flaky()
     ref = dissect_generator(g, "layer3", first, out_dir=tmp_path / "ref", **kw).layers["layer3"]
     exemplar_calls = first.calls - 9
@@ -349,9 +350,23 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(gan, tmp_path, fail_at
     assert not list((tmp_path / "run" / ".checkpoint").rglob("*.safetensors"))   # cleared at the end
 
 
+def test_activation_cache_spares_passes_2_and_3_and_changes_nothing(gan):
+    g, _, _ = gan
+    kw = dict(num_samples=9, batch_size=3, progress=False, top_k=2)
+    plain, cached = _Flaky(), _Flaky()
+    a = dissect_generator(g, "layer3", plain, cache_bytes=0, **kw).layers["layer3"]
+    b = dissect_generator(g, "layer3", cached, **kw).layers["layer3"]
+    assert (plain.calls, cached.calls) == (9, 3)              # three passes, or pass 1 only
+    for name in ("iou", "iqr", "thresholds", "best_label", "topk_indices", "topk_values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    small = _Flaky()
+    dissect_generator(g, "layer3", small, cache_bytes=1000, **kw)   # over budget: dropped
+    assert small.calls == 9
+
+
 def test_changed_inputs_do_not_reuse_a_checkpoint(gan, tmp_path):
     g, _, _ = gan
-    kw = dict(num_samples=6, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0)
+    kw = dict(num_samples=6, batch_size=3, progress=False, top_k=2, checkpoint_interval=0.0, cache_bytes=0)
     with pytest.raises(RuntimeError):
         dissect_generator(g, "layer3", _Flaky(5), out_dir=tmp_path, **kw)
     fresh = _Flaky()

@@ -26,6 +26,11 @@ def _open_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def _uint8_chw(img: Image.Image) -> torch.Tensor:
+    """A PIL image as uint8 [3, H, W] (what ToTensor reads, before scaling)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img.convert("RGB")).transpose(2, 0, 1)))
+
+
 def read_csv(path: Path, required) -> list[tuple[int, dict]]:
     """Rows of a CSV file as (line number, dict), checking the header names `required`."""
     path = Path(path)
@@ -304,11 +309,32 @@ class BrodenDataset(torch.utils.data.Dataset):
         return lab
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i)
+
+    def item(self, i: int, fields=("image", "labels"), uint8: bool = False) -> dict:
+        """Sample i with only the fields asked for decoded: "image" (normalised float32
+        [3, S, S], or uint8 [3, S, S] with uint8=True: normalise with `normalization`) and
+        "labels" (label layers and image-level labels). A pass that needs no labels skips the
+        label PNGs; one that reuses cached activations skips the image."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
         i = i % len(self)
+        out = dict(index=i)
+        if "image" in fields:
+            pil = self._load_pil(i)
+            out["image"] = _uint8_chw(pil) if uint8 else self.transform(pil)
+        if "labels" in fields:
+            out.update(self._labels(i))
+        return out
+
+    @property
+    def normalization(self):
+        """(mean, std) applied after scaling to [0, 1], or None for a custom transform."""
+        norm = self.transform_info["normalize"]
+        return None if isinstance(norm, str) else (norm["mean"], norm["std"])
+
+    def _labels(self, i: int) -> dict:
         row = self.rows[i]
-        image = self.transform(self._load_pil(i))
         if self._label_hw is None:
             raise ValueError(f"{self.index_path}: images have different sizes; pass image_size=")
         labels = np.zeros((self.num_layers, *self._label_hw), dtype=np.int32)
@@ -316,8 +342,7 @@ class BrodenDataset(torch.utils.data.Dataset):
             labels[k] = self._load_png(i, name)
         image_labels = np.zeros(self.num_image_labels, dtype=np.int32)
         image_labels[:len(row.ints)] = row.ints
-        return dict(image=image, labels=torch.from_numpy(labels),
-                    image_labels=torch.from_numpy(image_labels), index=i)
+        return dict(labels=torch.from_numpy(labels), image_labels=torch.from_numpy(image_labels))
 
     def check(self, i: int) -> str | None:
         """None if sample i loads, else the CorruptSampleError message (for count-and-skip)."""

@@ -12,26 +12,42 @@ from dissect_kernels.data.errors import CorruptSampleError
 
 @dataclass
 class Batch:
-    images: torch.Tensor               # [B, 3, S, S]
-    labels: torch.Tensor               # [B, L, H, W] int32
+    images: torch.Tensor | None        # [B, 3, S, S] (None when not decoded)
+    labels: torch.Tensor | None        # [B, L, H, W] int32 (None when not decoded)
     image_labels: torch.Tensor | None  # [B, M] int32 or None
     indices: torch.Tensor              # [B] int64 dataset indices
 
 
 class _Guarded(Dataset):
-    """Returns ("skip", index, reason) instead of raising for a corrupt sample."""
+    """Returns ("skip", index, reason) instead of raising for a corrupt sample; decodes only
+    `fields` (and images as uint8) when the dataset can (an `item(i, fields, uint8)` method)."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, fields=("image", "labels"), uint8: bool = False):
+        self.dataset, self.fields, self.uint8 = dataset, tuple(fields), uint8
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         try:
-            return self.dataset[i]
+            return _fetch(self.dataset, i, self.fields, self.uint8)
         except CorruptSampleError as err:
             return ("skip", i, str(err))
+
+
+def can_select(dataset) -> bool:
+    """Whether the dataset (or the dataset under a Subset) decodes fields on request."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return callable(getattr(dataset, "item", None))
+
+
+def _fetch(dataset, i: int, fields, uint8: bool):
+    while isinstance(dataset, Subset):
+        dataset, i = dataset.dataset, dataset.indices[i]
+    if callable(getattr(dataset, "item", None)):
+        return dataset.item(i, fields, uint8)
+    return dataset[i]
 
 
 def _split(items):
@@ -72,11 +88,14 @@ class SampleLoader:
     def __len__(self):
         return -(-len(self.dataset) // self.batch_size)
 
-    def iterate(self, start_batch: int = 0):
+    def iterate(self, start_batch: int = 0, fields=("image", "labels"), uint8: bool = False):
         """Batches from `start_batch` on (None for a batch with no usable sample), so a resumed
-        pass lines up with the batches it already counted."""
+        pass lines up with the batches it already counted. `fields` and `uint8`: see _Guarded
+        (the category filter always reads the labels)."""
+        if self.filtering and "labels" not in fields:
+            fields = tuple(fields) + ("labels",)
         rest = range(start_batch * self.batch_size, len(self.dataset))
-        loader = DataLoader(Subset(_Guarded(self.dataset), rest), batch_size=self.batch_size,
+        loader = DataLoader(Subset(_Guarded(self.dataset, fields, uint8), rest), batch_size=self.batch_size,
                             shuffle=False, num_workers=self.num_workers, collate_fn=_split,
                             pin_memory=self.pin_memory)
         for items, bad in loader:
@@ -90,9 +109,11 @@ class SampleLoader:
         if not items:
             return None
         indices = torch.tensor([int(it["index"]) for it in items], dtype=torch.int64)
+        images = self._gather(items, "image", None, indices) if "image" in items[0] else None
+        if "labels" not in items[0]:
+            return Batch(images, None, None, indices)
         labels = self._gather(items, "labels", 3, indices)
         image_labels = self._gather(items, "image_labels", 1, indices)
-        images = self._gather(items, "image", None, indices)
         for name, ids in (("labels", labels), ("image_labels", image_labels)):
             self._check_ids(name, ids, indices)
         labels = labels.to(torch.int32)
@@ -102,7 +123,8 @@ class SampleLoader:
             self.filtered.update(indices[~rows].tolist())
             if not bool(rows.any()):
                 return None
-            images, labels, indices = images[rows], labels[rows], indices[rows]
+            images = None if images is None else images[rows]
+            labels, indices = labels[rows], indices[rows]
             image_labels = None if image_labels is None else image_labels[rows]
         return Batch(images, labels, image_labels, indices)
 

@@ -39,6 +39,7 @@ class LayerQuantiles:
                  upsample: GeometryFor | None = None, device=None):
         self.layers, self.q, self.samples = (layer,), q, int(samples)
         self.mode, self.min_quantile, self.upsample, self.device = mode, min_quantile, upsample, device
+        self.needs_labels = upsample is not None          # upsampled to the labels' size
         self.sketch: QuantileSketch | None = None
         self.sizes: list[int] | None = None           # units, positions per sample
 
@@ -82,6 +83,8 @@ class LayerQuantiles:
 
 class LayerTopK:
     """Per unit, the k samples whose map has the highest maximum (with their indices)."""
+
+    needs_labels = False
 
     def __init__(self, layer: str, k: int, *, device=None):
         self.layers, self.k, self.device = (layer,), int(k), device

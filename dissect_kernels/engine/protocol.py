@@ -1,9 +1,10 @@
 """What the pass engine streams batches into: accumulators, grouped into passes.
 
 An accumulator is any object with the five methods of `Accumulator` (nothing to subclass). It
-may also say which captured layers it reads (`layers`, default none) and whether the model must
+may also say which captured layers it reads (`layers`, default none), whether the model must
 run to its end for it (`needs_output`, default False: the forward pass stops after the last
-captured layer). Its `finalize()` returns plain tensors (a tensor or a flat dict of tensors):
+captured layer), and whether it reads the labels (`needs_labels`, default True; a pass whose
+accumulators all say False does not decode them). Its `finalize()` returns plain tensors (a tensor or a flat dict of tensors):
 results are data, so the engine can checkpoint them and a later pass can read them."""
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def layers_of(acc) -> tuple[str, ...]:
 def needs_output(acc) -> bool:
     """Whether the model must run to its end for this accumulator."""
     return bool(getattr(acc, "needs_output", False))
+
+
+def needs_labels(acc) -> bool:
+    """Whether the accumulator reads the batch's labels (default True: a pass whose every
+    accumulator says needs_labels = False skips decoding them)."""
+    return bool(getattr(acc, "needs_labels", True))
 
 
 def check_accumulator(name: str, acc) -> None:

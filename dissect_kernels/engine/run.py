@@ -20,8 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from dissect_kernels import distributed as ddp
+from dissect_kernels.engine.cache import ActivationCache, default_max_bytes
 from dissect_kernels.engine.checkpoint import Checkpointer, content_hash
-from dissect_kernels.engine.protocol import Pass, Results, check_accumulator, layers_of, needs_output
+from dissect_kernels.engine.protocol import (Pass, Results, check_accumulator, layers_of, needs_labels,
+                                             needs_output)
 from dissect_kernels.engine.step import LayerView, Step, as_views, capture
 
 
@@ -41,12 +43,14 @@ class CheckpointSpec:
 @dataclass
 class RunOutput:
     """What run_passes hands back: results per pass, skipped samples by reason (all ranks),
-    seconds per pass, and where a resumed run picked up (None for a fresh run)."""
+    seconds per pass, where a resumed run picked up (None for a fresh run), and seconds per
+    stage (this rank's)."""
 
     results: Results
     skips: dict[str, dict[int, str]] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     resumed_at: tuple[str, int] | None = None
+    stages: dict[str, float] = field(default_factory=dict)   # data, forward, cache, per accumulator class
 
 
 def run_passes(model: torch.nn.Module, source, passes: Sequence[Pass], *,
@@ -54,16 +58,19 @@ def run_passes(model: torch.nn.Module, source, passes: Sequence[Pass], *,
                annotate: Callable[[Step], None] | None = None,
                checkpoint: CheckpointSpec | None = None, distributed: bool = True,
                check_finite: bool = True, finish: Callable[[RunOutput], Any] | None = None,
-               write: Callable[[Any, RunOutput], None] | None = None, desc: str = "") -> Any:
+               write: Callable[[Any, RunOutput], None] | None = None, desc: str = "",
+               cache_bytes: int | None = None) -> Any:
     """Stream `source` through `model` once per pass (see the module docstring).
 
     layers: the views accumulators may read (module names or LayerViews). annotate(step) adds
     fields computed from the output (e.g. a segmenter's labels). distributed=False ignores
     torch.distributed (every rank runs everything). finish(output) turns the RunOutput into the
     driver's result on every rank; write(result, output) runs on rank 0 before the checkpoint is
-    removed. Returns finish(output), or the RunOutput."""
+    removed. cache_bytes bounds the activation cache that spares later passes over the same
+    source the decoding and the model (None: a quarter of memory, at most 8 GiB; 0: off).
+    Returns finish(output), or the RunOutput."""
     run = _Run(model, source, list(passes), as_views(layers), device, progress, annotate,
-               checkpoint, distributed, check_finite, desc)
+               checkpoint, distributed, check_finite, desc, cache_bytes)
     output = run.execute()
     value = finish(output) if finish is not None else output
     if write is not None and run.rank == 0:
@@ -77,7 +84,7 @@ def run_passes(model: torch.nn.Module, source, passes: Sequence[Pass], *,
 
 class _Run:
     def __init__(self, model, source, passes, views, device, progress, annotate, spec,
-                 distributed, check_finite, desc):
+                 distributed, check_finite, desc, cache_bytes):
         if not passes:
             raise ValueError("run_passes needs at least one pass")
         self.distributed = distributed and ddp.world_size() > 1
@@ -90,6 +97,9 @@ class _Run:
         self.show = progress and self.rank == 0
         self.check_finite, self.desc = check_finite, desc
         self.timing: dict[str, float] = {}
+        self.stages: dict[str, float] = {}
+        self.cache = ActivationCache(default_max_bytes() if cache_bytes is None else cache_bytes)
+        self.annotated: tuple[str, ...] = ()
         self.ckpt = None
         if spec is not None:
             key = content_hash(model, **spec.key, passes=[p.name for p in passes],
@@ -121,7 +131,8 @@ class _Run:
                     time.perf_counter() - started
                 self._save(i + 1, 0, {}, results)
         results = {p: {a: _clone(v) for a, v in accs.items()} for p, accs in results.items()}
-        return RunOutput(results, self._all_skips(), dict(self.timing), resumed)
+        return RunOutput(results, self._all_skips(), dict(self.timing), resumed,
+                         {k: round(v, 4) for k, v in self.stages.items()})
 
     def _build(self, i: int, results: Results):
         accs = dict(self.passes[i].build(results))
@@ -145,26 +156,100 @@ class _Run:
 
     def _stream(self, i: int, accs: dict, skip: int, results: Results) -> int:
         """Run pass i from batch `skip` on; returns how many samples reached the accumulators."""
-        p, source = self.passes[i], self._source(i, results)
+        source = self._source(i, results)
+        mode = self._mode(accs, source, skip)
         seen = 0
-        wanted = {lay for acc in accs.values() for lay in layers_of(acc)}
-        views = [v for v in self.views.values() if v.name in wanted]
-        to_end = any(needs_output(a) for a in accs.values()) or self.annotate is not None
-        label = f"{self.desc + ' ' if self.desc else ''}pass {i + 1}/{len(self.passes)}: {p.name}"
+        label = f"{self.desc + ' ' if self.desc else ''}pass {i + 1}/{len(self.passes)}: {self.passes[i].name}"
         total, per = source.num_samples, max(1, -(-source.num_samples // max(1, len(source))))
         with tqdm(total=total, initial=min(total, skip * per), desc=label, unit="sample",
                   unit_scale=total >= 100_000, smoothing=0.05, disable=not self.show) as bar:
-            for b, batch in enumerate(source.batches(skip), start=skip):
-                if batch is not None:
-                    step = self._step(batch, views, to_end)
-                    for acc in accs.values():
-                        acc.update(step)
-                    seen += len(batch)
+            for b, batch in enumerate(self._timed(source.batches(skip, fields=mode.fields)), start=skip):
+                step = None if batch is None else self._step(b, batch, mode)
+                if step is not None:
+                    for name, acc in accs.items():
+                        with self.clock(type(acc).__name__):
+                            acc.update(step)
+                    seen += len(step.indices)
+                elif mode.filling:
+                    self.cache.skip(b)
                 bar.update(len(batch) if batch is not None else per)
                 if self.ckpt is not None:
                     self.ckpt.maybe_save(self._progress(i, b + 1, accs, results),
                                          lambda: self._tensors(accs, results))
+        if mode.filling:
+            self.cache.finish(len(source))
         return seen
+
+    def _timed(self, batches):
+        """The source's batches, the time spent waiting for each counted as "data"."""
+        it = iter(batches)
+        while True:
+            with self.clock("data"):
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+            yield batch
+
+    def _mode(self, accs: dict, source, skip: int) -> "_Mode":
+        """How pass i gets its steps: which views, whether the model runs to its end, which
+        fields the source decodes, and whether the activation cache serves or is filled."""
+        wanted = {lay for acc in accs.values() for lay in layers_of(acc)}
+        views = [v for v in self.views.values() if v.name in wanted]
+        own_source = source is self.source
+        output = any(needs_output(a) for a in accs.values())
+        labels = any(needs_labels(a) for a in accs.values())
+        annotated = self.annotated if self.annotate is not None else ()
+        cached = own_source and not output and self.cache.covers(wanted, annotated)
+        if cached:
+            return _Mode(views, False, ("labels",) if labels else (), True, False)
+        filling = own_source and skip == 0 and self.cache.start(wanted)
+        fields = ("image", "labels") if labels else ("image",)
+        return _Mode(views, output or self.annotate is not None, fields, False, filling)
+
+    def _step(self, b: int, batch, mode: "_Mode") -> Step | None:
+        """The step of batch b: from the activation cache, or by running the model (and then
+        filling the cache)."""
+        if mode.cached:
+            return self._cached_step(b, batch)
+        with self.clock("data"):
+            inputs = _to(batch.inputs, self.device)
+            if batch.prepare is not None:
+                inputs = batch.prepare(inputs)
+        step = Step(self.model, inputs, batch.indices, _to(batch.data, self.device))
+        with self.clock("forward"):
+            step.acts, step.output = capture(self.model, inputs, mode.views, run_to_end=mode.to_end,
+                                             indices=batch.indices, check_finite=self.check_finite)
+            before = set(step.data)
+            if self.annotate is not None:
+                self.annotate(step)
+                self.annotated = tuple(sorted(set(step.data) - before))
+        if mode.filling:
+            with self.clock("cache"):
+                self.cache.put(b, batch.indices, step.acts, {k: step.data[k] for k in self.annotated})
+        return step
+
+    def _cached_step(self, b: int, batch) -> Step | None:
+        """Batch b's captures from the cache, restricted to the samples both passes read (a
+        sample skipped by one pass, e.g. for an unreadable label file, is left out)."""
+        entry = self.cache.batches.get(b)
+        if entry is None:
+            return None
+        cached_idx, acts, fields = entry
+        keep_batch = torch.isin(batch.indices, cached_idx)
+        keep_cache = torch.isin(cached_idx, batch.indices)
+        if not bool(keep_batch.any()):
+            return None
+        pick = lambda t, rows: t if bool(rows.all()) else t[rows.to(t.device)]  # noqa: E731
+        data = {k: None if v is None else pick(v, keep_batch) for k, v in batch.data.items()}
+        step = Step(self.model, None, batch.indices[keep_batch], _to(data, self.device))
+        step.acts = {k: pick(v, keep_cache) for k, v in acts.items()}
+        step.data.update({k: pick(v, keep_cache) for k, v in fields.items()})
+        return step
+
+    def clock(self, stage: str) -> "_Clock":
+        """Time a stage of the run (summed over batches and passes into self.stages)."""
+        return _Clock(self.stages, stage)
 
     def _check_seen(self, seen: int, resumed: bool) -> None:
         """A pass that no sample reached (on any rank) fails with what was skipped and why."""
@@ -176,15 +261,6 @@ class _Run:
         first = next((m for items in skips.values() for m in items.values()), "none")
         raise ValueError(f"no readable samples: every sample was skipped ({counts or 'the source is empty'}"
                          f"; the first: {first})")
-
-    def _step(self, batch, views, to_end: bool) -> Step:
-        inputs = _to(batch.inputs, self.device)
-        step = Step(self.model, inputs, batch.indices, _to(batch.data, self.device))
-        step.acts, step.output = capture(self.model, inputs, views, run_to_end=to_end,
-                                         indices=batch.indices, check_finite=self.check_finite)
-        if self.annotate is not None:
-            self.annotate(step)
-        return step
 
     def _merge(self, accs: dict, templates: dict) -> None:
         """Every rank ends with the rank-ordered merge of every rank's state."""
@@ -294,3 +370,27 @@ def _to(x, device):
 
 def _model_device(model) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@dataclass
+class _Mode:
+    """How a pass gets its steps (see _Run._mode)."""
+
+    views: list
+    to_end: bool
+    fields: tuple
+    cached: bool
+    filling: bool
+
+
+class _Clock:
+    """A context manager adding its block's seconds to stages[stage]."""
+
+    def __init__(self, stages: dict, stage: str):
+        self.stages, self.stage = stages, stage
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.stages[self.stage] = self.stages.get(self.stage, 0.0) + time.perf_counter() - self.t0

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Subset
 
 from dissect_kernels import distributed as ddp
+from dissect_kernels.data.loading import can_select
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Batch:
     inputs: Any
     indices: torch.Tensor
     data: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Any], Any] | None = None     # on the device: e.g. uint8 -> normalised float
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -39,6 +41,7 @@ class DatasetSource:
         self.options = dict(batch_size=batch_size, num_workers=num_workers,
                             drop_categories=drop_categories, pin_memory=pin_memory)
         self.loader = SampleLoader(dataset, meta=self.meta, **self.options)
+        self.normalization = getattr(self.meta, "normalization", None)
 
     def shard(self, rank: int, world: int) -> "DatasetSource":
         if world == 1:
@@ -53,10 +56,23 @@ class DatasetSource:
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def batches(self, start: int) -> Iterator[Batch | None]:
-        for b in self.loader.iterate(start_batch=start):
-            yield None if b is None else Batch(
-                b.images, b.indices, {"labels": b.labels, "image_labels": b.image_labels})
+    def batches(self, start: int, fields=("image", "labels")) -> Iterator[Batch | None]:
+        """Batches from `start` on, decoding only `fields` ("image", "labels"); images come as
+        uint8 and are normalised on the model's device when the dataset allows it."""
+        uint8 = "image" in fields and self.normalization is not None and can_select(self.dataset)
+        for b in self.loader.iterate(start_batch=start, fields=fields, uint8=uint8):
+            if b is None:
+                yield None
+                continue
+            data = {} if b.labels is None else {"labels": b.labels, "image_labels": b.image_labels}
+            yield Batch(b.images, b.indices, data, self._normalize if uint8 else None)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> (x / 255 - mean) / std, the dataset's own transform, batched
+        (elementwise, so the same bits as per image)."""
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+                     for v in self.normalization)
+        return (x.float().div_(255.0) - mean) / std
 
     def skips(self) -> dict[str, dict[int, str]]:
         return {"unreadable": dict(self.loader.skipped),
@@ -94,7 +110,7 @@ class IndexSource:
     def num_samples(self) -> int:
         return len(self.samples)
 
-    def batches(self, start: int) -> Iterator[Batch]:
+    def batches(self, start: int, fields=None) -> Iterator[Batch]:
         for s in range(start * self.batch_size, len(self.samples), self.batch_size):
             part = self.samples[s:s + self.batch_size]
             idx = torch.arange(part.start, part.stop) if isinstance(part, range) else part
@@ -133,7 +149,7 @@ class LoaderSource:
         except TypeError:
             return 0
 
-    def batches(self, start: int) -> Iterator[Batch]:
+    def batches(self, start: int, fields=None) -> Iterator[Batch]:
         seen = 0
         for i, item in enumerate(self.loader):
             inputs, data = self.convert(item)
