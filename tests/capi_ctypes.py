@@ -9,6 +9,7 @@ import torch
 from dissect_kernels import clib
 
 DK_OK, DK_ERR_INVALID_ARGUMENT, DK_ERR_STATE = 0, 1, 2
+DK_QUANTILE_AUTO, DK_QUANTILE_EXACT, DK_QUANTILE_SKETCH = 0, 1, 2
 DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 GEOMETRY = {"half-pixel": 0, "align-corners": 1, "zero-pad": 2}
 i64, i32, f64, vp = C.c_int64, C.c_int32, C.c_double, C.c_void_p
@@ -50,6 +51,8 @@ def load() -> C.CDLL:
         "dk_quantile_cdf": (i32, [vp, vp, i64, vp]),
         "dk_quantile_merge": (i32, [vp, vp]),
         "dk_quantile_count": (i32, [vp, C.POINTER(i64)]),
+        "dk_quantile_get_mode": (i32, [vp, C.POINTER(i32)]),
+        "dk_quantile_rank_error_bound": (i32, [vp, C.POINTER(f64), i64, vp]),
         "dk_quantile_serialize": (i32, [vp, vp, C.c_size_t, C.POINTER(C.c_size_t)]),
         "dk_quantile_deserialize": (i32, [vp, C.c_size_t, C.POINTER(vp)]),
         "dk_topk_create": (i32, [i64, i64, C.POINTER(vp)]),

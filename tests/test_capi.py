@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dissect_kernels as dk
-from capi_ctypes import DK_ERR_INVALID_ARGUMENT, DK_ERR_STATE, DTYPE, GEOMETRY, AxisTable, TallyArgs, check, i64s, load, ptr
+from capi_ctypes import (DK_ERR_INVALID_ARGUMENT, DK_ERR_STATE, DK_QUANTILE_EXACT, DK_QUANTILE_SKETCH, DTYPE, GEOMETRY,
+                         AxisTable, TallyArgs, check, i64s, load, ptr)
 from conftest import poison_like
 from dissect_kernels.geometry import Geometry
 from test_quantile import relu_like
@@ -146,6 +147,27 @@ class CQuantile:
         status = LIB.dk_quantile_query(self.h, (C.c_double * len(qs))(*qs), len(qs), ptr(out))
         return status, out
 
+    def rank_error_bound(self, qs):
+        out = torch.empty(self.U, len(qs), dtype=torch.float64)
+        check(LIB, LIB.dk_quantile_rank_error_bound(self.h, (C.c_double * len(qs))(*qs), len(qs), ptr(out)))
+        return out
+
+    def cdf(self, values):
+        values = values.double().contiguous()
+        out = torch.empty_like(values)
+        check(LIB, LIB.dk_quantile_cdf(self.h, ptr(values), values.shape[1], ptr(out)))
+        return out
+
+    def mode(self):
+        m = C.c_int32()
+        check(LIB, LIB.dk_quantile_get_mode(self.h, C.byref(m)))
+        return m.value
+
+    def count(self):
+        n = C.c_int64()
+        check(LIB, LIB.dk_quantile_count(self.h, C.byref(n)))
+        return n.value
+
     def serialize(self) -> bytes:
         size = C.c_size_t()
         check(LIB, LIB.dk_quantile_serialize(self.h, None, 0, C.byref(size)))
@@ -190,6 +212,58 @@ def test_exact_quantile_equals_the_python_api(layout):
     assert torch.equal(cdf, py.cdf(pts))
     status, _ = c.quantile([0.5])
     assert status == DK_ERR_INVALID_ARGUMENT and b"below min_quantile" in LIB.dk_last_error()
+
+
+@pytest.mark.parametrize("min_quantile", [0.5, 0.99])
+def test_sketch_mode_reaches_the_python_tail_sketch(min_quantile):
+    """Sketch mode (the full sketch at min_quantile 0.5, tail-only at 0.99) fed the same batches
+    as Python's TailSketch: the same answers, bounds and cdf, after flushes inside updates, a
+    merge of two shards (one of them fed [B, U, H, W] maps through a strided view) and a
+    serialise round trip."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.relu(torch.randn(90_000, 5, generator=g)) * torch.randn(90_000, 5, generator=g).exp() * 20).round() / 20
+    maps = x[60_000:].reshape(150, 20, 10, 5).permute(0, 3, 1, 2)           # [B, U, H, W], strided
+    qs = [q for q in (0.5, 0.9, 0.99, 0.995, 0.999, 1.0) if q >= min_quantile]
+    py = dk.TailSketch(5, min_quantile=min_quantile)
+    c = CQuantile(5, mode=DK_QUANTILE_SKETCH, min_quantile=min_quantile)
+    c2 = CQuantile(5, mode=DK_QUANTILE_SKETCH, min_quantile=min_quantile)
+    py2 = dk.TailSketch(5, min_quantile=min_quantile)
+    for part in torch.tensor_split(x[:60_000], [7, 40_000]):
+        py.update(part)
+        check(LIB, c.update(part))
+    py2.update(maps)
+    check(LIB, c2.update(maps))
+    assert c.mode() == DK_QUANTILE_SKETCH and c.count() == py.count == 60_000
+
+    def same(c_side, py_side):
+        status, got = c_side.quantile(qs)
+        check(LIB, status)
+        assert torch.equal(got, py_side.quantile(qs).double())
+        assert torch.equal(c_side.rank_error_bound(qs), py_side.rank_error_bound(qs))
+        pts = torch.cat([py_side.quantile(qs), torch.zeros(5, 1), torch.full((5, 1), 1e6)], 1)
+        assert torch.equal(c_side.cdf(pts), py_side.cdf(pts))
+
+    same(c, py)
+    same(c2, py2)
+    check(LIB, LIB.dk_quantile_merge(c.h, c2.h))
+    py.merge(py2)
+    same(c, py)
+    assert c.count() == py.count == 90_000
+    back = CQuantile.__new__(CQuantile)
+    back.h, back.U = C.c_void_p(), 5
+    blob = c.serialize()
+    check(LIB, LIB.dk_quantile_deserialize(blob, len(blob), C.byref(back.h)))
+    same(back, py)
+    check(LIB, back.update(x[:5000]))      # a restored sketch keeps streaming like the original
+    py.update(x[:5000])
+    same(back, py)
+
+
+def test_auto_mode_picks_as_make_quantile_does():
+    assert CQuantile(4, expected_count=10_000).mode() == DK_QUANTILE_EXACT
+    assert CQuantile(4).mode() == DK_QUANTILE_SKETCH                                   # count unknown
+    assert CQuantile(4, expected_count=10**9, max_bytes=2**20).mode() == DK_QUANTILE_SKETCH   # over budget
+    assert isinstance(dk.make_quantile("auto", 4, expected_count=10**9, max_bytes=2**20), dk.TailSketch)
 
 
 def test_lost_exactness_and_bad_input_are_refused_alike():

@@ -264,6 +264,48 @@ inline void transpose16_avx512(const float* src, int64_t ss, float* dst, int64_t
 }
 #endif
 
+// The merged entries sc.(v, lo, hi)[0, k) of unit u, N values in all: prune them (coarsening from
+// c while more than M remain), write them back as u's summary (the padding of entries the old
+// summary of old_size held is refilled), and place tau (tail-only: never below tau_floor).
+void store_pruned(const TailSketchState& s, int64_t u, Scratch& sc, int64_t k, int64_t N, int64_t c,
+                  float tau_floor, int64_t old_size) {
+  const int64_t M = s.M;
+  const int64_t T = N >> s.tail_shift;
+  int64_t kk = k;
+  for (;;) {
+    kk = prune_rounds(sc.v.data(), sc.lo.data(), sc.hi.data(), kk, N, T,
+                      std::max<int64_t>(s.k_t - c, 0), std::max<int64_t>(s.k_l - c, 0));
+    if (kk <= M) break;
+    ++c;
+  }
+  s.coarsen[u] = c;
+  float* v = s.values + u * M;
+  int64_t* lo = s.rmin + u * M;
+  int64_t* hi = s.rmax + u * M;
+  std::copy(sc.v.begin(), sc.v.begin() + kk, v);
+  std::copy(sc.lo.begin(), sc.lo.begin() + kk, lo);
+  std::copy(sc.hi.begin(), sc.hi.begin() + kk, hi);
+  // entries past the old size already hold the padding (+inf, 0): refill only the vacated ones
+  const int64_t stale = std::max(kk, old_size);
+  std::fill(v + kk, v + stale, std::numeric_limits<float>::infinity());
+  std::fill(lo + kk, lo + stale, int64_t{0});
+  std::fill(hi + kk, hi + stale, int64_t{0});
+  s.size[u] = kk;
+  s.total[u] = N;
+  s.pend_n[u] = 0;
+  int64_t t = -1;  // largest index whose value has >= T values above it for sure
+  for (int64_t e = 0; e < kk; ++e) {
+    if (N - hi[e] >= T) t = e; else break;
+  }
+  if (t < 1 || v[t] == v[0])  // no such entry above the minimum: the first one above it is tau
+    for (int64_t e = 1; e < kk; ++e)
+      if (v[e] > v[0]) { t = e; break; }
+  if (t >= 0 && v[t] < tau_floor)  // (the largest value is >= tau_floor: one is found)
+    for (int64_t e = 0; e < kk; ++e)
+      if (v[e] >= tau_floor) { t = e; break; }
+  s.tidx[u] = t;
+}
+
 void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc) {
   const int64_t M = s.M, P = s.P;
   float* v = s.values + u * M;
@@ -312,40 +354,7 @@ void flush_unit(const TailSketchState& s, int64_t u, Scratch& sc) {
     }
     ++k;
   }
-  const int64_t N = N0 + m;
-  const int64_t T = N >> s.tail_shift;
-  int64_t c = s.coarsen[u];
-  int64_t kk = k;
-  for (;;) {
-    kk = prune_rounds(sc.v.data(), sc.lo.data(), sc.hi.data(), kk, N, T,
-                      std::max<int64_t>(s.k_t - c, 0), std::max<int64_t>(s.k_l - c, 0));
-    if (kk <= M) break;
-    ++c;
-  }
-  s.coarsen[u] = c;
-  v = s.values + u * M; lo = s.rmin + u * M; hi = s.rmax + u * M;
-  std::copy(sc.v.begin(), sc.v.begin() + kk, v);
-  std::copy(sc.lo.begin(), sc.lo.begin() + kk, lo);
-  std::copy(sc.hi.begin(), sc.hi.begin() + kk, hi);
-  // entries past the old size already hold the padding (+inf, 0): refill only the vacated ones
-  const int64_t stale = std::max(kk, old_size);
-  std::fill(v + kk, v + stale, std::numeric_limits<float>::infinity());
-  std::fill(lo + kk, lo + stale, int64_t{0});
-  std::fill(hi + kk, hi + stale, int64_t{0});
-  s.size[u] = kk;
-  s.total[u] = N;
-  s.pend_n[u] = 0;
-  int64_t t = -1;  // largest index whose value has >= T values above it for sure
-  for (int64_t e = 0; e < kk; ++e) {
-    if (N - hi[e] >= T) t = e; else break;
-  }
-  if (t < 1 || v[t] == v[0])  // no such entry above the minimum: the first one above it is tau
-    for (int64_t e = 1; e < kk; ++e)
-      if (v[e] > v[0]) { t = e; break; }
-  if (t >= 0 && v[t] < tau_floor)  // (the largest value is >= tau_floor: one is found)
-    for (int64_t e = 0; e < kk; ++e)
-      if (v[e] >= tau_floor) { t = e; break; }
-  s.tidx[u] = t;
+  store_pruned(s, u, sc, k, N0 + m, s.coarsen[u], tau_floor, old_size);
 }
 
 // Classify n contiguous values of unit u: bulk values bump a gap count, the rest go pending.
@@ -571,6 +580,117 @@ void tail_sketch_flush_cpu(const TailSketchState& s) {
     Scratch sc;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t u = 0; u < s.U; ++u) flush_unit(s, u, sc);
+  }
+}
+
+namespace {
+
+// Tail-only sketches keep tau from moving down: the current tau of unit u, else -inf.
+float tau_floor_of(const TailSketchState& s, int64_t u) {
+  const int64_t t = s.tidx[u];
+  return (s.k_l == 0 && t >= 1 && t < s.size[u]) ? s.values[u * s.M + t] : -std::numeric_limits<float>::infinity();
+}
+
+// GK merge of unit u of flushed b into flushed a: an entry of one summary gains the bounds of
+// the gap of the other it falls in (ties: a's entries first), then prune and store as a flush does.
+void merge_unit(const TailSketchState& a, const TailSketchState& b, int64_t u, Scratch& sc) {
+  const int64_t M = a.M, na = a.size[u], nb = b.size[u], Na = a.total[u], Nb = b.total[u];
+  const float* va = a.values + u * M;
+  const int64_t *loa = a.rmin + u * M, *hia = a.rmax + u * M;
+  const float* vb = b.values + u * M;
+  const int64_t *lob = b.rmin + u * M, *hib = b.rmax + u * M;
+  sc.reserve(na + nb);
+  int64_t i = 0, j = 0, k = 0;
+  while (i < na || j < nb) {
+    if (i < na && (j >= nb || va[i] <= vb[j])) {  // j = #b below va[i]
+      sc.v[k] = va[i];
+      sc.lo[k] = loa[i] + (j > 0 ? lob[j - 1] : 0);
+      sc.hi[k] = hia[i] + (j < nb ? hib[j] - 1 : Nb);
+      ++i;
+    } else {                                       // i = #a at or below vb[j]
+      sc.v[k] = vb[j];
+      sc.lo[k] = lob[j] + (i > 0 ? loa[i - 1] : 0);
+      sc.hi[k] = hib[j] + (i < na ? hia[i] - 1 : Na);
+      ++j;
+    }
+    ++k;
+  }
+  const float floor = std::max(tau_floor_of(a, u), tau_floor_of(b, u));
+  store_pruned(a, u, sc, k, Na + Nb, std::max(a.coarsen[u], b.coarsen[u]), floor, na);
+}
+
+}  // namespace
+
+void tail_sketch_merge_cpu(const TailSketchState& a, const TailSketchState& b) {
+  if (a.U != b.U || a.M != b.M || a.k_t != b.k_t || a.k_l != b.k_l || a.tail_shift != b.tail_shift)
+    throw Error("tail_sketch_merge: the sketches differ in units, capacity or configuration");
+  for (int64_t u = 0; u < a.U; ++u)
+    if (a.pend_n[u] || a.counted[u] || b.pend_n[u] || b.counted[u])
+      throw Error("tail_sketch_merge: both sketches must be flushed first");
+#pragma omp parallel
+  {
+    Scratch sc;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < a.U; ++u) merge_unit(a, b, u, sc);
+  }
+}
+
+void tail_sketch_select_cpu(const TailSketchState& s, const double* qs, int64_t nq, float* value, double* bound) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t u = 0; u < s.U; ++u) {
+    const int64_t n = s.size[u];
+    const float* v = s.values + u * s.M;
+    const int64_t *lo = s.rmin + u * s.M, *hi = s.rmax + u * s.M;
+    const double N = static_cast<double>(s.total[u]);
+    for (int64_t j = 0; j < nq; ++j) {
+      const double t = qs[j] * N;
+      // the first entry whose rmin + rmax reaches 2t, and the one before it: the closer bound wins
+      int64_t i0 = 0, len = n;  // lower bound by bisection, as torch.searchsorted
+      while (len > 0) {
+        const int64_t half = len / 2, mid = i0 + half;
+        if (static_cast<double>(lo[mid]) + static_cast<double>(hi[mid]) < 2 * t) {
+          i0 = mid + 1;
+          len -= half + 1;
+        } else {
+          len = half;
+        }
+      }
+      int64_t best = 0;
+      double best_b = 0;
+      for (int d = 1; d >= 0; --d) {
+        const int64_t i = std::min(std::max<int64_t>(i0 - d, 0), n - 1);
+        int64_t i1 = i, i2 = i;  // the run of entries holding v[i]
+        while (i1 > 0 && v[i1 - 1] == v[i]) --i1;
+        while (i2 + 1 < n && v[i2 + 1] == v[i]) ++i2;
+        const double b = std::max(0.0, std::max(t - static_cast<double>(lo[i2]), static_cast<double>(hi[i1]) - 1 - t));
+        if (d == 1 || b < best_b) best = i, best_b = b;
+      }
+      value[u * nq + j] = v[best];
+      bound[u * nq + j] = best_b / N;
+    }
+  }
+}
+
+void tail_sketch_cdf_cpu(const TailSketchState& s, const float* y, int64_t k, double* out) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t u = 0; u < s.U; ++u) {
+    const int64_t n = s.size[u];
+    const float* v = s.values + u * s.M;
+    const int64_t *lo = s.rmin + u * s.M, *hi = s.rmax + u * s.M;
+    const double N = static_cast<double>(s.total[u]);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t e = std::min<int64_t>(std::upper_bound(v, v + n, y[u * k + j]) - v - 1, n - 1);
+      double est;
+      if (e >= n - 1) {
+        est = 1.0;
+      } else if (e < 0) {
+        est = 0.0;
+      } else {
+        const double lower = static_cast<double>(lo[e]), upper = static_cast<double>(hi[e + 1]) - 1;
+        est = (lower + upper) / 2 / N;
+      }
+      out[u * k + j] = est;
+    }
   }
 }
 

@@ -483,6 +483,111 @@ static void test_quantile_maps(void) {
   dk_quantile_free(q);
 }
 
+/* Sketch mode: every answer within its reported rank-error bound of the truth (counted by
+ * brute force), for one stream, for a merge of two shards and after a serialise round trip. */
+static long long count_below(const double* sorted, long long n, double v, int or_equal) {
+  long long lo = 0, hi = n;
+  while (lo < hi) {
+    const long long mid = (lo + hi) / 2;
+    if (sorted[mid] < v || (or_equal && sorted[mid] == v)) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+static void check_within_bounds(dk_quantile* q, const float* x, long long N, int U, const double* qs, int nq) {
+  static double col[80000], got[16], bound[16];
+  CHECK_STATUS(dk_quantile_query(q, qs, nq, got), DK_OK);
+  CHECK_STATUS(dk_quantile_rank_error_bound(q, qs, nq, bound), DK_OK);
+  for (int u = 0; u < U; ++u) {
+    for (long long n = 0; n < N; ++n) col[n] = x[n * U + u];
+    qsort(col, (size_t)N, sizeof(double), cmp_double);
+    for (int j = 0; j < nq; ++j) {
+      const double t = qs[j] * (double)N, v = got[u * nq + j];
+      const double lt = (double)count_below(col, N, v, 0), le = (double)count_below(col, N, v, 1);
+      const double err = fmax(0.0, fmax(lt - t, t - le)) / (double)N;
+      CHECK(err <= bound[u * nq + j] + 1e-12);
+      CHECK(bound[u * nq + j] < 1e-3); /* and the bound itself is tight at the tail */
+    }
+  }
+}
+
+static void test_quantile_sketch(void) {
+  enum { N = 70000, U = 3 };
+  static float x[N * U];
+  dk_seed(61);
+  for (int i = 0; i < N * U; ++i) {
+    const double r = (double)dk_randint(1000000) / 1e6;
+    x[i] = (float)floor(20.0 * -log(1.0 - r)) / 4.0f; /* exponential tail, ties on a grid */
+  }
+  const double qs[3] = {0.99, 0.995, 0.999};
+  dk_quantile_options o = dk_quantile_default_options(U);
+  o.mode = DK_QUANTILE_SKETCH;
+  dk_quantile *whole = NULL, *a = NULL, *b = NULL;
+  CHECK_STATUS(dk_quantile_create(&o, &whole), DK_OK);
+  CHECK_STATUS(dk_quantile_create(&o, &a), DK_OK);
+  CHECK_STATUS(dk_quantile_create(&o, &b), DK_OK);
+  const int64_t rows[3] = {U, 1, 1};
+  for (int64_t r0 = 0; r0 < N; r0 += 9000) {
+    const int64_t n = N - r0 < 9000 ? N - r0 : 9000;
+    CHECK_STATUS(dk_quantile_update(whole, x + r0 * U, DK_FLOAT32, n, U, 1, rows), DK_OK);
+  }
+  CHECK_STATUS(dk_quantile_update(a, x, DK_FLOAT32, 25000, U, 1, rows), DK_OK);
+  CHECK_STATUS(dk_quantile_update(b, x + 25000 * U, DK_FLOAT32, N - 25000, U, 1, rows), DK_OK);
+  CHECK_STATUS(dk_quantile_merge(a, b), DK_OK);
+  int64_t count = 0;
+  CHECK_STATUS(dk_quantile_count(a, &count), DK_OK);
+  CHECK_EQ_I64(count, N);
+  check_within_bounds(whole, x, N, U, qs, 3);
+  check_within_bounds(a, x, N, U, qs, 3);
+  size_t size = 0;
+  CHECK_STATUS(dk_quantile_serialize(a, NULL, 0, &size), DK_OK);
+  unsigned char* buf = (unsigned char*)malloc(size);
+  CHECK_STATUS(dk_quantile_serialize(a, buf, size, &size), DK_OK);
+  dk_quantile* back = NULL;
+  CHECK_STATUS(dk_quantile_deserialize(buf, size, &back), DK_OK);
+  double want[U * 3], again[U * 3];
+  CHECK_STATUS(dk_quantile_query(a, qs, 3, want), DK_OK);
+  CHECK_STATUS(dk_quantile_query(back, qs, 3, again), DK_OK);
+  CHECK(memcmp(want, again, sizeof want) == 0);
+  dk_quantile* junk = NULL;
+  CHECK_STATUS(dk_quantile_deserialize(buf, size / 2, &junk), DK_ERR_INVALID_ARGUMENT);
+  free(buf);
+  /* NaN is refused and leaves the sketch as it was; q below min_quantile is refused */
+  x[7] = NAN;
+  CHECK_STATUS(dk_quantile_update(back, x, DK_FLOAT32, 10, U, 1, rows), DK_ERR_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("NaN");
+  x[7] = 0.0f;
+  CHECK_STATUS(dk_quantile_count(back, &count), DK_OK);
+  CHECK_EQ_I64(count, N);
+  const double low = 0.5;
+  CHECK_STATUS(dk_quantile_query(back, &low, 1, want), DK_ERR_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("below min_quantile");
+  /* auto mode: the sketch when the count is unknown or the exact state is over budget */
+  dk_quantile* autoq = NULL;
+  int32_t mode = -1;
+  o.mode = DK_QUANTILE_AUTO;
+  o.expected_count = 1000000000;
+  o.max_bytes = 1 << 20;
+  CHECK_STATUS(dk_quantile_create(&o, &autoq), DK_OK);
+  CHECK_STATUS(dk_quantile_get_mode(autoq, &mode), DK_OK);
+  CHECK_EQ_I64(mode, DK_QUANTILE_SKETCH);
+  dk_quantile* exactq = NULL;
+  o.expected_count = 1000;
+  o.max_bytes = (int64_t)1 << 30;
+  CHECK_STATUS(dk_quantile_create(&o, &exactq), DK_OK);
+  CHECK_STATUS(dk_quantile_get_mode(exactq, &mode), DK_OK);
+  CHECK_EQ_I64(mode, DK_QUANTILE_EXACT);
+  CHECK_STATUS(dk_quantile_update(exactq, x, DK_FLOAT32, 10, U, 1, rows), DK_OK);
+  CHECK_STATUS(dk_quantile_merge(autoq, exactq), DK_ERR_INVALID_ARGUMENT);
+  CHECK_ERROR_MENTIONS("sketch-mode and an exact-mode");
+  dk_quantile_free(whole);
+  dk_quantile_free(a);
+  dk_quantile_free(b);
+  dk_quantile_free(back);
+  dk_quantile_free(autoq);
+  dk_quantile_free(exactq);
+}
+
 int main(void) {
   CHECK(strlen(dk_version()) >= 5);
   test_tally();
@@ -491,5 +596,6 @@ int main(void) {
   test_topk();
   test_quantile_exact();
   test_quantile_maps();
+  test_quantile_sketch();
   return dk_test_summary("test_capi");
 }

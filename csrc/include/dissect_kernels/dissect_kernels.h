@@ -129,10 +129,12 @@ DK_API dk_status dk_label_stats(const int32_t* labels, int64_t B, int64_t L, int
  * DK_QUANTILE_EXACT keeps every value that can still be in the top (1 - min_quantile) tail of
  * expected_count samples per unit: dk_quantile_query equals numpy.quantile(method="linear")
  * for q in [min_quantile, 1] (DK_ERR_STATE "exactness lost" when more samples than expected
- * pushed a needed rank out; never a wrong value). DK_QUANTILE_AUTO is exact when
- * expected_count is known and the state fits max_bytes, else the sketch. DK_QUANTILE_SKETCH
- * is the Python TailSketch's summary; builds without it answer DK_ERR_UNSUPPORTED.
- * The codes match the Python state_dict's "mode" (0 auto, 1 exact, 2 sketch). */
+ * pushed a needed rank out; never a wrong value). DK_QUANTILE_SKETCH is the tail sketch
+ * (Python's TailSketch: any count, ~1.2 MB per unit, deterministic, mergeable; its rank error
+ * is reported by dk_quantile_rank_error_bound; tail-only and faster for min_quantile >= ~0.978).
+ * DK_QUANTILE_AUTO is exact when expected_count is known and the state fits max_bytes, else the
+ * sketch. Both modes refuse q below min_quantile. The codes match the Python state_dict's "mode".
+ * Sketch mode reaches the Python TailSketch's state from the same batches (same order). */
 typedef enum dk_quantile_mode { DK_QUANTILE_AUTO = 0, DK_QUANTILE_EXACT = 1, DK_QUANTILE_SKETCH = 2 } dk_quantile_mode;
 
 typedef struct dk_quantile_options {
@@ -149,9 +151,12 @@ typedef struct dk_quantile dk_quantile;
 DK_API dk_quantile_options dk_quantile_default_options(int64_t num_units);
 DK_API dk_status dk_quantile_create(const dk_quantile_options* options, dk_quantile** out);
 DK_API void dk_quantile_free(dk_quantile* q);
+/* The mode a handle runs in: DK_QUANTILE_EXACT or DK_QUANTILE_SKETCH (what AUTO picked). */
+DK_API dk_status dk_quantile_get_mode(const dk_quantile* q, int32_t* mode);
 /* Add x viewed as [G, U, S] with element strides (g, u, s): rows [N, U] are G = N, S = 1;
- * maps [B, U, h, w] with contiguous h, w are G = B, S = h * w. NaN: DK_ERR_INVALID_ARGUMENT,
- * and the accumulator refuses queries afterwards (its count includes them). */
+ * maps [B, U, h, w] with contiguous h, w are G = B, S = h * w. Samples are taken in (g, s)
+ * order. NaN: DK_ERR_INVALID_ARGUMENT; exact mode then refuses queries (its count includes
+ * them), sketch mode is left unchanged. */
 DK_API dk_status dk_quantile_update(dk_quantile* q, const void* x, int32_t dtype, int64_t G, int64_t U,
                                     int64_t S, const int64_t strides[3]);
 /* Add maps [B, U, h, w] with element strides[4] (every position of every image is a sample). */
@@ -159,7 +164,10 @@ DK_API dk_status dk_quantile_update_maps(dk_quantile* q, const void* x, int32_t 
                                          int64_t h, int64_t w, const int64_t strides[4]);
 /* out[u * nq + j] = quantile qs[j] of unit u, float64. */
 DK_API dk_status dk_quantile_query(const dk_quantile* q, const double* qs, int64_t nq, double* out);
-/* out[u * k + j] = fraction of the samples of unit u that are <= values[u * k + j]. */
+/* out[u * nq + j] = guaranteed |rank error| / count of dk_quantile_query's answer (0 in exact mode). */
+DK_API dk_status dk_quantile_rank_error_bound(const dk_quantile* q, const double* qs, int64_t nq, double* out);
+/* out[u * k + j] = fraction of the samples of unit u that are <= values[u * k + j] (exact mode:
+ * exact at and above quantile(min_quantile); sketch: the midpoint of its rank bounds). */
 DK_API dk_status dk_quantile_cdf(const dk_quantile* q, const double* values, int64_t k, double* out);
 /* Fold `other` (same num_units and min_quantile) into `into`; `other` is unchanged. */
 DK_API dk_status dk_quantile_merge(dk_quantile* into, const dk_quantile* other);

@@ -50,5 +50,16 @@ struct TailSketchState {
 void tail_sketch_update_cpu(const TailSketchState& s, const float* x, int64_t N, int64_t ld);
 // Fold the pending values and gap counts of every unit into its summary.
 void tail_sketch_flush_cpu(const TailSketchState& s);
+// Merge flushed sketch b into flushed sketch a (same U, M and k's): GK's rule (an entry takes
+// the bounds of the other summary's gap it falls in; bounds add), then the flush's prune and tau
+// (tail-only: tau not below the larger of the two). b is unchanged.
+void tail_sketch_merge_cpu(const TailSketchState& a, const TailSketchState& b);
+// Flushed s: per unit and q = qs[j] a stored value v and bound = max(0, qN - rmin[i2],
+// rmax[i1] - 1 - qN) / N over the run i1..i2 of entries holding v (the smaller of the two entries
+// around rmin + rmax = 2qN): value[u * nq + j], bound[u * nq + j].
+void tail_sketch_select_cpu(const TailSketchState& s, const double* qs, int64_t nq, float* value, double* bound);
+// Flushed s: out[u * k + j] = estimated fraction <= y[u * k + j] (midpoint of its rank bounds;
+// 0 below the minimum, 1 at or above the maximum).
+void tail_sketch_cdf_cpu(const TailSketchState& s, const float* y, int64_t k, double* out);
 
 }  // namespace dissect_kernels
