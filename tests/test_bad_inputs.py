@@ -19,7 +19,7 @@ from planted import Planted, PlantedDataset
 
 Q = PlantedDataset().midgap_quantile(16 * 16)
 KW = dict(quantile=Q, batch_size=16, progress=False, backend="cpu")
-OUTPUTS = ("results.safetensors", "units.csv", "summary.json", "report.html")
+OUTPUTS = ("results.safetensors", "units.csv", "summary.json", "index.html", "layer-units.html", "site.json")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -236,7 +236,7 @@ def test_some_images_unreadable_are_counted_and_reported(tmp_path):
     assert not (set(layer.topk_indices.flatten().tolist()) & {3, 17, 40})
     assert has_checkpoint(tmp_path) is False                    # a finished run cleans up
     strips = [rel for rel in layer.exemplar_strips.values() if rel]
-    page = (tmp_path / "report.html").read_text()
+    page = (tmp_path / "layer-units.html").read_text()
     assert strips and all((tmp_path / rel).is_file() and rel in page for rel in strips)
 
 
@@ -278,7 +278,7 @@ def _enospc(*args, **kw):
 
 @pytest.mark.parametrize("writer", ["dissect_kernels.io.results._write_units_csv",
                                     "dissect_kernels.io.results.save_file",
-                                    "dissect_kernels.report.dissection.html_page"])
+                                    "dissect_kernels.report.site.html_page"])
 def test_disk_full_keeps_the_earlier_run_and_resumes(data, tmp_path, monkeypatch, writer):
     dk.dissect(Planted(), "units", data, out_dir=tmp_path, **KW)
     before = outputs(tmp_path)

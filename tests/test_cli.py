@@ -12,12 +12,12 @@ def test_default_dissect_writes_results_and_report(tmp_path, capsys):
     assert main(["dissect", "--dataset", "synthetic:48", "--out", str(out), "--quiet",
                  "--batch-size", "16", "--layers", "conv4"]) == 0
     printed = capsys.readouterr().out
-    assert "conv4:" in printed and "report.html" in printed
+    assert "conv4:" in printed and "index.html" in printed
     rows = list(csv.DictReader((out / "units.csv").open()))
     assert len(rows) == 128 and {r["layer"] for r in rows} == {"conv4"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layers"]["conv4"]["units"] == 128
-    assert (out / "report.html").read_text().count("<tr") > 128
+    assert (out / "index.html").is_file() and (out / "layer-conv4.html").read_text().count('<tbody class=') == 128
     assert any((out / "images" / "conv4").iterdir())
 
 

@@ -104,7 +104,7 @@ def test_default_command_writes_consistent_files(tmp_path, capsys):
     torch.testing.assert_close(st["baseline_balanced"], (rec + tnr) / 2, rtol=0, atol=1e-12)
     assert float(st["baseline_balanced"].mean()) > 0.7     # the shipped model really classifies
     html = (out / "ablation.html").read_text()
-    assert html.count("<h2") == 36 and html.count("data:image/svg+xml;base64,") == 37
+    assert html.count('<section class="card"') == 36 and html.count("data:image/svg+xml;base64,") == 37
     assert "http://" not in html.replace("http://www.w3.org", "")
 
 

@@ -23,7 +23,8 @@ def test_gan_command_writes_results_report_and_ace_page(tmp_path, capsys):
     assert sorted(lr.extra["ace"]["top_units"][:3]) == planted
     page = (tmp_path / "ace.html").read_text()
     for u in planted:
-        assert f"<td class=\"num\">{u}</td>" in page
+        assert f'id="ace-unit-{u}"' in page                # the top units' cards
+    assert 'href="ace.html"' in (tmp_path / "index.html").read_text()
     assert (tmp_path / "images/ace/original.png").is_file()
     for u in range(lr.num_units):
         for kind in ("ablated", "inserted"):

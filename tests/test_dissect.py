@@ -28,7 +28,7 @@ def test_planted_units_are_recovered(planted, tmp_path):
     assert not bool(layer.detector[noise].any())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary
-    assert (tmp_path / "report.html").is_file()
+    assert (tmp_path / "index.html").is_file()
     assert (tmp_path / "units.csv").read_text().count("\n") >= 1 + len(layer.best_iou)
 
 

@@ -177,7 +177,7 @@ def test_out_dir_writes_results_report_and_strips(gan, tmp_path):
     assert torch.equal(lr.iou, res.layers["layer3"].iou)
     assert lr.topk_indices.shape == (24, 3)
     assert all((tmp_path / p).is_file() for p in lr.exemplar_strips.values())
-    assert "GAN dissection report" in (tmp_path / "report.html").read_text()
+    assert "GAN dissection" in (tmp_path / "index.html").read_text()
 
 
 def test_fewer_samples_than_exemplars(gan, tmp_path):

@@ -146,7 +146,7 @@ def test_thresholds_round_trip(tmp_path):
     assert torch.equal(a.iou, b.iou) and torch.equal(a.thresholds, b.thresholds)
     assert torch.equal(a.topk_indices, b.topk_indices)
     assert again.parameters["thresholds"] == str(tmp_path / "a")
-    assert (tmp_path / "b" / "report.html").is_file() and list((tmp_path / "b" / "images").rglob("*.jpg"))
+    assert (tmp_path / "b" / "index.html").is_file() and list((tmp_path / "b" / "images").rglob("*.jpg"))
     by_dict = dk.dissect(Planted(), "units", DATA, thresholds={"units": a.thresholds}, **KW)
     assert torch.equal(by_dict.layers["units"].iou, a.iou)
     with pytest.raises(ValueError, match="no entry for layers"):

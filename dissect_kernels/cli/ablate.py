@@ -3,7 +3,7 @@ Units of one layer are ranked per class by the balanced-accuracy drop when each 
 on the rank split (train); then each class's top-N units, and all but its top N, are zeroed on
 the eval split (val). With no arguments: the embedded SmallCNN (36 multi-label concept-presence
 outputs) on a fresh synthetic dataset, layer conv4. Writes ablation.safetensors / .csv / .json
-and ablation.html (dissect_kernels.report.ablation)."""
+and the report site: index.html and ablation.html (dissect_kernels.report.ablation)."""
 from __future__ import annotations
 
 import argparse
@@ -233,5 +233,5 @@ def run_ablate(args) -> int:
     paths = write_ablation(out, res, rank, names, res.positives, meta)
     print_table(res, names, build_tables(res, rank, names, res.positives)[0])
     print(f"\nresults: {', '.join(str(p) for p in paths[:3])}")
-    print(f"report:  {paths[3].resolve()}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"report:  {(out / 'index.html').resolve()}  ({time.perf_counter() - t0:.1f} s)")
     return 0

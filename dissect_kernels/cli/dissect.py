@@ -17,7 +17,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d = sub.add_parser("dissect", help="label the units of a classifier's layers with concepts",
                        description="Two streaming passes (quantile thresholds, then the fused "
                                    "IoU tally) over a Broden-format dataset; writes "
-                                   "results.safetensors, units.csv, summary.json, report.html.")
+                                   "results.safetensors, units.csv, summary.json and the report "
+                                   "site: index.html and a page per layer.")
     d.add_argument("--model", help="'module.path:factory' returning an nn.Module "
                                    "(default: the embedded small CNN)")
     d.add_argument("--weights", help="state dict (.safetensors, or a torch file) for --model, or for "
@@ -141,8 +142,11 @@ def run(args) -> int:
                         progress=not args.quiet, backend=args.backend, rotation=args.rotation,
                         top_k=args.top_k, num_workers=args.num_workers)
     print_top_units(result)
+    stages = {k[6:]: v for k, v in result.timing.items() if k.startswith("stage ")}
+    print("\nseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) +
+          f" (passes {sum(v for k, v in result.timing.items() if k in ('quantiles', 'tally', 'exemplars')):.1f})")
     if result.skipped:
         print(f"\nskipped {result.skipped} samples {result.skip_reasons} (listed in summary.json)")
     print(f"\nresults: {out_dir / 'units.csv'}, {out_dir / 'results.safetensors'}")
-    print(f"report:  {(out_dir / 'report.html').resolve()}")
+    print(f"report:  {(out_dir / 'index.html').resolve()}  (open it in a browser)")
     return 0

@@ -1,6 +1,6 @@
 """`dissect-kernels gan`: GAN dissection + ACE ranking of one layer. With no arguments it runs
-on the shipped tiny generator and its exact palette segmenter and writes results, report.html
-and ace.html (written once, all or nothing)."""
+on the shipped tiny generator and its exact palette segmenter and writes results and the report
+site: index.html, a page per layer and ace.html (written once, all or nothing)."""
 from __future__ import annotations
 
 import argparse
@@ -80,12 +80,13 @@ def _ace_images(gen, layer, units: int, value, z) -> dict:
 
 
 def run_gan(args) -> int:
-    """Dissect, rank units by ACE for one concept, write results + report.html + ace.html once."""
+    """Dissect, rank units by ACE for one concept, write results + the report site (with ace.html) once."""
     from dissect_kernels.ace import rank_units_by_ace
     from dissect_kernels.generated import make_z_sampler, segmenter_info
     from dissect_kernels.generator import dissect_generator, generated_exemplars
-    from dissect_kernels.report.ace_page import ACE_FILE, ace_page, save_image_strip
+    from dissect_kernels.report.ace_page import ACE_FILE, ace_page, ace_summary, save_image_strip
     from dissect_kernels.report.gan import write_gan
+    from dissect_kernels.report.site import INDEX_FILE
     from dissect_kernels.cli.common import check_device, prepare_out
 
     t0 = time.perf_counter()
@@ -128,9 +129,11 @@ def run_gan(args) -> int:
 
     exemplars = generated_exemplars(gen, seg, result, z_of, args.batch_size, [spec])
     page = lambda stage: ace_page(stage, lr, ranking, concept, unit_base=result.unit_base, strips=strips)  # noqa: E731
-    write_gan(args.out, result, exemplars, pages={ACE_FILE: page}, strips=ace_strips)
+    write_gan(args.out, result, exemplars, strips=ace_strips,
+              register=lambda site: site.add(ACE_FILE, f"ACE on {concept}", page, section="Causal effects",
+                                             summary=ace_summary(ranking, concept, result.unit_base)))
     n_det = lr.num_detectors
     print(f"{layer}: {n_det}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
           f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
-    print(f"wrote {args.out / 'report.html'} and {args.out / ACE_FILE} in {time.perf_counter() - t0:.1f} s")
+    print(f"report:  {(args.out / INDEX_FILE).resolve()} (with {ACE_FILE}) in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -1,6 +1,7 @@
-"""The files of a classifier ablation run: ablation.safetensors / .csv / .json and ablation.html
-(an overview of the drops, then per class its top units and balanced accuracy vs N), plus a
-standalone grid plot (plot_ablation)."""
+"""The files of a classifier ablation run: ablation.safetensors / .csv / .json and its report
+site (index.html, ablation.html: the drop per class as a figure and a sortable table, then a
+card per class with its top units and balanced accuracy vs N; N beyond the layer's units is
+shown once, as 'all'), plus a standalone grid plot (plot_ablation)."""
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,16 @@ from matplotlib.figure import Figure
 from safetensors.torch import save_file
 
 from dissect_kernels.io import atomic_write, ensure_dir
-from dissect_kernels.report.html import esc, fmt, html_page, meta_table
-from dissect_kernels.report.plots import PALETTE, figure_svg, grouped_bar, svg_data_uri
+from dissect_kernels.report.html import esc, fixed, meta_table, num_cell
+from dissect_kernels.report.palette import REFERENCE, SERIES
+from dissect_kernels.report.plots import (figure_img, figure_svg, new_figure, series_bar, styled,
+                                          svg_data_uri)
+from dissect_kernels.report.site import INDEX_FILE, MANIFEST_FILE, Site
 
 TABLE_UNITS = 10          # units per class in the HTML table and the CSV's top_units column
-FILES = ("ablation.safetensors", "ablation.csv", "ablation.json", "ablation.html")
+ABLATION_PAGE = "ablation.html"
+FILES = ("ablation.safetensors", "ablation.csv", "ablation.json", ABLATION_PAGE, INDEX_FILE, MANIFEST_FILE)
+SORTED = ' aria-sort="descending"'    # the column the class table arrives sorted by
 
 
 def build_tables(res, rank, names, positives, top_units: int = TABLE_UNITS):
@@ -46,73 +52,131 @@ def build_tables(res, rank, names, positives, top_units: int = TABLE_UNITS):
     return rows, per_class
 
 
-def class_plot(res, c: int, name: str) -> str:
+def shown_columns(top_n: list[int], units: int) -> list[tuple[int, int, str]]:
+    """The N columns worth showing: (column, N, label) for each N below the layer's unit count,
+    then the first N >= units once, labelled 'all U' (larger N ablate the same units)."""
+    out = [(t, n, str(n)) for t, n in enumerate(top_n) if n < units]
+    rest = [(t, n) for t, n in enumerate(top_n) if n >= units]
+    if rest:
+        out.append((rest[0][0], units, f"all {units}"))
+    return out
+
+
+@styled
+def class_plot(res, c: int, name: str, columns: list[tuple[int, int, str]]) -> str:
     """SVG: balanced accuracy vs N, top-N ablated and all but the top N ablated."""
-    fig = Figure(figsize=(4.2, 2.6))
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.9, 2.7)
     ax = fig.add_subplot(1, 1, 1)
-    n = res.top_n.tolist()
-    ax.plot(n, res.topn_balanced[c].tolist(), "o-", color=PALETTE[3], label="top-N ablated")
-    ax.plot(n, res.allbut_balanced[c].tolist(), "s-", color=PALETTE[0], label="all but top-N ablated")
-    ax.axhline(float(res.baseline_balanced[c]), ls="--", color="gray", label="unablated")
+    n = [v for _, v, _ in columns]
+    ax.plot(n, [float(res.topn_balanced[c, t]) for t, _, _ in columns], "o-", color=SERIES[1],
+            label="top-N ablated")
+    ax.plot(n, [float(res.allbut_balanced[c, t]) for t, _, _ in columns], "s-", color=SERIES[0],
+            label="all but top-N ablated")
+    ax.axhline(float(res.baseline_balanced[c]), ls="--", color=REFERENCE, label="unablated")
     ax.axhline(0.5, ls=":", color="#bbbbbb", lw=0.8)
     ax.set_xscale("log")
     ax.minorticks_off()
-    ax.set_xticks(n, [str(v) for v in n], fontsize=7)
+    ax.set_xticks(n, [lab.replace("all ", "all\n") for _, _, lab in columns])
     ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("N", fontsize=8)
-    ax.set_ylabel("balanced accuracy", fontsize=8)
-    ax.set_title(name, fontsize=9)
-    ax.legend(fontsize=6, frameon=False, loc="lower left")
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    fig.tight_layout()
+    ax.set_xlabel("N (units ablated, ranked for this class)")
+    ax.set_ylabel("balanced accuracy")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout(pad=0.4)
     return figure_svg(fig)
 
 
-def render_html(res, rank, names, rows, meta: dict) -> str:
-    """ablation.html: an overview bar chart of drops, then per class its top units (ranked on
-    the rank split) and balanced accuracy vs N (eval split), figures inline (offline)."""
+def overview_figure(res, names: list[str], columns) -> str:
+    """HTML: the drop in balanced accuracy per class (most hurt first) for the smallest N and
+    for N = 5 (or the largest shown N below it)."""
+    pick = [columns[0]] + [col for col in columns if col[1] <= 5][-1:]
+    pick = list(dict.fromkeys(pick))
+    drops = {t: [float(res.baseline_balanced[c] - res.topn_balanced[c, t]) for c in range(len(names))]
+             for t, _, _ in pick}
+    order = sorted(range(len(names)), key=lambda c: (-drops[pick[-1][0]][c], c))
+    fig = series_bar([names[c] for c in order],
+                     [(f"top {lab} ablated", [drops[t][c] for c in order]) for t, _, lab in pick],
+                     ylabel="drop in balanced accuracy", title="Drop in balanced accuracy per class, "
+                     "most affected first")
+    return figure_img(fig, "drop in balanced accuracy per class")
 
-    ns = res.top_n.tolist()
-    show = [t for t, n in enumerate(ns) if n in (ns[0], 5)] or [0]
-    groups = [(f"top-{ns[t]} ablated", [(nm, float(res.baseline_balanced[c] - res.topn_balanced[c, t]))
-                                        for c, nm in enumerate(names)]) for t in show]
-    overview = grouped_bar(groups, ylabel="drop in balanced accuracy",
-                           title=f"{meta['layer']}: balanced-accuracy drop per class ({meta['eval_split']})")
+
+def class_table(res, names: list[str], rows: list[dict], columns) -> str:
+    """Sortable: every class with its baseline, its drop for each shown N and its top units."""
+    t5 = [col for col in columns if col[1] <= 5][-1]
+    heads = [("class", "ascending"), ("positives", "descending"), ("balanced accuracy", "descending"),
+             (f"drop, top {columns[0][2]}", "descending"), (f"drop, top {t5[2]}", "descending"),
+             ("top units", "ascending")]
+    ths = "".join(f'<th scope="col" data-first="{f}"{SORTED if i == 4 else ""}>{esc(h)}</th>'
+                  for i, (h, f) in enumerate(heads))
+    drop = lambda c, t: float(res.baseline_balanced[c] - res.topn_balanced[c, t])  # noqa: E731
+    order = sorted(range(len(names)), key=lambda c: (-drop(c, t5[0]), c))
+    trs = "".join(f'<tr><td data-v="{esc(names[c])}"><a href="#class-{c}">{esc(names[c])}</a></td>'
+                  f'{num_cell(rows[c]["positives"], str(rows[c]["positives"]))}'
+                  f'{num_cell(rows[c]["baseline_balanced"])}{num_cell(drop(c, columns[0][0]))}'
+                  f'{num_cell(drop(c, t5[0]))}<td>{esc(", ".join(rows[c]["top_units"].split()[:3]))}</td></tr>'
+                  for c in order)
+    return (f'<div class="table-wrap"><table class="units sortable"><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{trs}</tbody></table></div>")
+
+
+def class_card(res, rank, c: int, name: str, row: dict, columns, split: str) -> str:
+    """One class: its baseline, the plot vs N, its top units (ranked on the rank split) and the
+    numbers behind the plot."""
+    pos = {int(u): i for i, u in enumerate(rank.units.tolist())}
+    units = [(int(u), float(d)) for u, d in zip(row["top_units"].split(), row["top_unit_drops"].split())]
+    trs = "".join(f"<tr>{num_cell(i, str(i))}{num_cell(u, str(u))}"
+                  f"{num_cell(float(rank.single_balanced[pos[u], c]))}{num_cell(d)}</tr>"
+                  for i, (u, d) in enumerate(units, 1))
+    nrows = "".join(f"<tr><td>{esc(lab)}</td>{num_cell(float(res.topn_balanced[c, t]))}"
+                    f"{num_cell(float(res.allbut_balanced[c, t]))}</tr>" for t, _, lab in columns)
+    return (f'<section class="card" id="class-{c}"><h3>{esc(name)}</h3>'
+            f'<p class="stats">{row["positives"]} positives · precision {fixed(row["baseline_precision"])}'
+            f' · recall {fixed(row["baseline_recall"])} · balanced accuracy '
+            f'<b>{fixed(row["baseline_balanced"])}</b></p>'
+            f'<img class="figure" alt="balanced accuracy vs N for {esc(name)}" '
+            f'src="{svg_data_uri(class_plot(res, c, name, columns))}">'
+            f'<table class="units compact"><caption>top units, each ablated alone ({esc(split)} split)</caption>'
+            "<thead><tr><th>rank</th><th>unit</th><th>balanced acc.</th><th>drop</th></tr></thead>"
+            f"<tbody>{trs}</tbody></table>"
+            "<details><summary>balanced accuracy for each N</summary><table class=\"units compact\">"
+            "<thead><tr><th>N</th><th>top N ablated</th><th>all but top N</th></tr></thead>"
+            f"<tbody>{nrows}</tbody></table></details></section>")
+
+
+def render_html(res, rank, names, rows, meta: dict) -> str:
+    """The body of ablation.html: what was done, the drop per class (figure and sortable table),
+    then a card per class; figures inline (offline)."""
+    columns = shown_columns(res.top_n.tolist(), int(meta.get("units") or rank.units.numel()))
     parts = [f"<h1>Unit ablation: layer {esc(meta['layer'])}</h1>",
-             meta_table([(k, v) for k, v in meta.items() if k != "seconds"]),
              "<p>Units are ranked per class by the drop in balanced accuracy ((recall + TNR) / 2) "
              f"when each is zeroed alone, on the <b>{esc(meta['rank_split'])}</b> split; the top-N "
              f"units, and all units but the top N, are then zeroed on the <b>{esc(meta['eval_split'])}"
-             "</b> split. Each output is a binary presence classifier (logit &gt; 0).</p>",
-             f'<img class="bargraph" alt="drop per class" src="{svg_data_uri(figure_svg(overview))}">']
-    for c, (nm, row) in enumerate(zip(names, rows)):
-        parts.append(f'<h2 id="class-{c}">{esc(nm)}</h2>')
-        parts.append(meta_table([("positives (eval)", row["positives"]),
-                                 ("precision / recall", f"{fmt(row['baseline_precision'])} / "
-                                                        f"{fmt(row['baseline_recall'])}"),
-                                 ("balanced accuracy", fmt(row["baseline_balanced"]))]))
-        parts.append(f'<img alt="balanced accuracy vs N for {esc(nm)}" '
-                     f'src="{svg_data_uri(class_plot(res, c, nm))}">')
-        units = row["top_units"].split()
-        drops = row["top_unit_drops"].split()
-        pos = {int(u): i for i, u in enumerate(rank.units.tolist())}
-        trs = "".join(f"<tr><td class=\"num\">{i + 1}</td><td class=\"num\">{u}</td>"
-                      f"<td class=\"num\">{fmt(float(rank.single_balanced[pos[int(u)], c]))}</td>"
-                      f"<td class=\"num\">{fmt(float(d))}</td></tr>" for i, (u, d) in enumerate(zip(units, drops)))
-        parts.append('<table class="units sortable"><thead><tr><th>rank</th><th>unit</th>'
-                     f"<th>balanced acc. ablated ({esc(meta['rank_split'])})</th><th>drop</th></tr></thead>"
-                     f"<tbody>{trs}</tbody></table>")
-        nrows = "".join(f"<tr><td class=\"num\">{n}</td><td class=\"num\">{fmt(row[f'top{n}_balanced'])}</td>"
-                        f"<td class=\"num\">{fmt(row[f'allbut{n}_balanced'])}</td></tr>" for n in ns)
-        parts.append(f"<table class=\"units\"><thead><tr><th>N</th><th>top-N ablated</th>"
-                     f"<th>all but top-N ablated</th></tr></thead><tbody>{nrows}</tbody></table>")
-    return html_page(f"Unit ablation: {meta['layer']}", "\n".join(parts))
+             "</b> split. Each output is a binary presence classifier (logit &gt; 0)."
+             + (f" N of {columns[-1][1]} or more ablates every unit: shown once, as \u201c{esc(columns[-1][2])}"
+                "\u201d." if columns[-1][2].startswith("all") else "") + "</p>",
+             overview_figure(res, names, columns), class_table(res, names, rows, columns),
+             '<h2>Classes</h2><div class="cards">']
+    parts += [class_card(res, rank, c, nm, row, columns, meta["rank_split"])
+              for c, (nm, row) in enumerate(zip(names, rows))]
+    parts += ["</div>", "<h2>Run details</h2>", meta_table([(k, v) for k, v in meta.items() if k != "seconds"])]
+    return "\n".join(parts)
+
+
+def ablation_site(res, rank, names, rows, meta: dict) -> Site:
+    """The run's report site: index.html and ablation.html."""
+    columns = shown_columns(res.top_n.tolist(), int(meta.get("units") or rank.units.numel()))
+    site = Site("Unit ablation", f"layer {meta['layer']} · {len(names)} classes · "
+                f"{meta.get('eval_images', '?')} evaluation images",
+                overview=lambda folder: "<h2>Summary</h2>" + overview_figure(res, names, columns)
+                + "<h2>Run details</h2>" + meta_table([(k, v) for k, v in meta.items() if k != "seconds"]))
+    site.add(ABLATION_PAGE, f"{meta['layer']}: unit ablation", lambda folder: render_html(res, rank, names, rows, meta),
+             section="Ablation", summary="per class: its top units and its balanced accuracy with them ablated")
+    return site
 
 
 def write_ablation(out: Path, res, rank, names, positives, meta: dict) -> list[Path]:
-    """All four files at once (temp files + os.replace; none are replaced on error)."""
+    """All files at once (temp files + os.replace; none are replaced on error): the three data
+    files, ablation.html, index.html and site.json."""
     out = ensure_dir(out)
     rows, per_class = build_tables(res, rank, names, positives)
     state = res.state_dict()
@@ -125,40 +189,43 @@ def write_ablation(out: Path, res, rank, names, positives, meta: dict) -> list[P
     w.writeheader()
     w.writerows(rows)
     summary = {**meta, "classes": per_class}
-    page = render_html(res, rank, names, rows, meta)
-    return atomic_write(out, {
+    pages = ablation_site(res, rank, names, rows, meta).writers(out)
+    paths = atomic_write(out, {
         "ablation.safetensors": lambda p: save_file(state, str(p), metadata={"classes": json.dumps(names)}),
         "ablation.csv": lambda p: Path(p).write_text(buf.getvalue(), encoding="utf-8"),
         "ablation.json": lambda p: Path(p).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8"),
-        "ablation.html": lambda p: Path(p).write_text(page, encoding="utf-8")})
+        **pages})
+    return sorted(paths, key=lambda p: FILES.index(p.name))
 
 
+@styled
 def plot_ablation(result, out_path, *, classes: Sequence[int] | None = None,
                   class_names: Sequence[str] | None = None) -> str:
-    """One panel per class (a grid in one image): balanced accuracy vs N with the top-N units
-    ablated and with all but the top N ablated, the unablated level dashed. Returns the path."""
+    """One panel per class (a grid in one image, saved at 2x for sharpness): balanced accuracy
+    vs N with the top-N units ablated and with all but the top N ablated, the unablated level
+    dashed. Returns the path."""
     C = result.baseline_balanced.shape[0]
     classes = list(range(C)) if classes is None else list(classes)
     ncol = max(1, math.ceil(math.sqrt(len(classes))))
     nrow = math.ceil(len(classes) / ncol)
-    fig = Figure(figsize=(3 * ncol, 2.4 * nrow))
+    fig = Figure(figsize=(3.2 * ncol, 2.6 * nrow))
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     n = result.top_n.numpy()
     for ax in axes.flat[len(classes):]:
         ax.axis("off")
     for ax, c in zip(axes.flat, classes):
-        ax.plot(n, result.topn_balanced[c].numpy(), "o-", label="top-N ablated")
-        ax.plot(n, result.allbut_balanced[c].numpy(), "s-", label="all but top-N ablated")
-        ax.axhline(float(result.baseline_balanced[c]), ls="--", color="gray", label="unablated")
+        ax.plot(n, result.topn_balanced[c].numpy(), "o-", color=SERIES[1], label="top-N ablated")
+        ax.plot(n, result.allbut_balanced[c].numpy(), "s-", color=SERIES[0], label="all but top-N ablated")
+        ax.axhline(float(result.baseline_balanced[c]), ls="--", color=REFERENCE, label="unablated")
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(n, [str(v) for v in n], fontsize=7)
+        ax.set_xticks(n, [str(v) for v in n])
         ax.set_ylim(0.0, 1.02)
-        ax.set_title(class_names[c] if class_names is not None else f"class {c}", fontsize=9)
-        ax.set_xlabel("N", fontsize=8)
-        ax.set_ylabel("balanced acc.", fontsize=8)
-    axes.flat[0].legend(fontsize=7)
+        ax.set_title(class_names[c] if class_names is not None else f"class {c}")
+        ax.set_xlabel("N")
+        ax.set_ylabel("balanced accuracy")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
+    fig.savefig(out_path, dpi=200)
     return str(out_path)

@@ -1,5 +1,6 @@
-"""Exemplar strips: a unit's top images side by side, shaded outside its activation mask as
-NetDissect-Lite does ((0.8*mask + 0.2)*img) with the mask's contour drawn on top."""
+"""Exemplar strips: a unit's top images side by side (rows of at most STRIP_COLUMNS tiles of
+STRIP_TILE pixels, large enough to read), shaded outside its activation mask as NetDissect-Lite
+does ((0.8*mask + 0.2)*img) with the mask's contour drawn on top."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+STRIP_TILE = 112      # pixels per image in a strip (pages show them at this size)
+STRIP_GAP = 3         # white pixels between tiles
+STRIP_COLUMNS = 10    # tiles per row; more exemplars wrap onto further rows
 
 
 def _numpy(name: str, x, ndim: int) -> np.ndarray:
@@ -47,10 +52,12 @@ def shade_tile(image: np.ndarray, mask: np.ndarray, size: int,
     return out
 
 
-def render_strip(images, masks, *, size: int = 112, gap: int = 3,
-                 contour_color: tuple[int, int, int] | None = (255, 255, 0)) -> Image.Image:
+def render_strip(images, masks, *, size: int = STRIP_TILE, gap: int = STRIP_GAP,
+                 contour_color: tuple[int, int, int] | None = (255, 255, 0),
+                 columns: int | None = None) -> Image.Image:
     """images uint8 [k,S,S,3] and masks bool [k,H,W] (any resolution) -> one RGB strip of k
-    shaded size x size tiles separated by `gap` white pixels (k*size + (k-1)*gap wide)."""
+    shaded size x size tiles separated by `gap` white pixels: one row (k*size + (k-1)*gap wide),
+    or rows of `columns` tiles."""
     images = _numpy("images", images, 4)
     masks = _numpy("masks", masks, 3)
     if images.dtype != np.uint8 or images.shape[-1] != 3:
@@ -58,13 +65,17 @@ def render_strip(images, masks, *, size: int = 112, gap: int = 3,
     if images.shape[0] == 0 or masks.shape[0] != images.shape[0]:
         raise ValueError(f"images and masks must hold the same k >= 1 entries, got "
                          f"{images.shape[0]} images and {masks.shape[0]} masks")
-    if size < 1 or gap < 0:
-        raise ValueError(f"size must be >= 1 and gap >= 0, got size={size}, gap={gap}")
+    if size < 1 or gap < 0 or (columns is not None and columns < 1):
+        raise ValueError(f"size and columns must be >= 1 and gap >= 0, got size={size}, gap={gap}, "
+                         f"columns={columns}")
     k = images.shape[0]
-    strip = np.full((size, k * size + (k - 1) * gap, 3), 255, dtype=np.uint8)
+    cols = k if columns is None else min(k, columns)
+    rows = -(-k // cols)
+    strip = np.full((rows * size + (rows - 1) * gap, cols * size + (cols - 1) * gap, 3), 255,
+                    dtype=np.uint8)
     for i in range(k):
-        x = i * (size + gap)
-        strip[:, x:x + size] = shade_tile(images[i], masks[i].astype(bool), size, contour_color)
+        x, y = (i % cols) * (size + gap), (i // cols) * (size + gap)
+        strip[y:y + size, x:x + size] = shade_tile(images[i], masks[i].astype(bool), size, contour_color)
     return Image.fromarray(strip)
 
 
@@ -91,6 +102,7 @@ def save_strip(out_dir, layer: str, unit: int, images, masks, **kw) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OSError(f"cannot create exemplar directory '{path.parent}': {e.strerror or e}") from e
+    kw.setdefault("columns", STRIP_COLUMNS)
     strip = render_strip(images, masks, **kw)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".strip-", suffix=".jpg")
     os.close(fd)

@@ -1,5 +1,6 @@
-"""The HTML dissection report: one self-contained report.html (inline CSS, JS and bar graphs,
-exemplar strips by relative path) that works from file:// with no server."""
+"""HTML building blocks shared by every report page: the page shell (inline CSS and script, no
+network access, works from file://), escaping, number formatting with a fixed number of
+decimals per column (so columns line up), key/value tables and image tags."""
 from __future__ import annotations
 
 import html
@@ -9,13 +10,12 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-from dissect_kernels.conventions import CONVENTIONS
-from dissect_kernels.report.plots import detector_bars, figure_svg, svg_data_uri
-from dissect_kernels.io import atomic_write, ensure_dir
-from dissect_kernels.results import DissectionResult, LayerResult, unit_rows
+from PIL import Image
 
-REPORT_FILE = "report.html"
+from dissect_kernels.report.exemplars import STRIP_GAP, STRIP_TILE
+
 esc = html.escape
+MINUS = "\u2212"
 
 
 def asset(name: str) -> str:
@@ -23,117 +23,85 @@ def asset(name: str) -> str:
     return resources.files("dissect_kernels.report").joinpath(name).read_text(encoding="utf-8")
 
 
-def html_page(title: str, body: str) -> str:
-    """A complete page with the report's inline style and sort/filter script."""
+def html_page(title: str, body: str, nav: str = "") -> str:
+    """A complete page: the report's inline style and script, the site's navigation bar on top."""
+    header = f'<header class="site">{nav}</header>\n' if nav else ""
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{esc(title)}</title>\n<style>\n{asset('report.css')}</style>\n</head>\n"
-            f"<body>\n{body}\n<script>\n{asset('report.js')}</script>\n</body>\n</html>\n")
+            f"<body>\n{header}<main>\n{body}\n</main>\n<script>\n{asset('report.js')}</script>\n"
+            "</body>\n</html>\n")
 
 
-def fmt(x, digits: int = 4) -> str:
+def fixed(x, decimals: int = 3, *, sign: bool = False) -> str:
+    """x with a fixed number of decimals and a true minus sign; '' for None, 'n/a' for NaN."""
     if x is None:
         return ""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+    x = float(x)
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return ("" if x > 0 else MINUS) + "\u221e"
+    text = f"{x:{'+' if sign else ''}.{decimals}f}"
+    if text.lstrip("+-").strip("0.") == "":        # -0.000 and +0.000 read as 0.000
+        text = text.lstrip("+-")
+    return text.replace("-", MINUS)
 
 
-def meta_table(rows: list[tuple[str, object]]) -> str:
-    """Two-column key/value table; dicts and lists are shown as compact JSON."""
-    out = ['<table class="meta">']
+def decimals_for(values, significant: int = 3, most: int = 6) -> int:
+    """Decimals that give the largest |value| about `significant` digits (one format per column)."""
+    finite = [abs(float(v)) for v in values if v is not None and math.isfinite(float(v))]
+    top = max(finite, default=0.0)
+    if top == 0.0:
+        return significant - 1
+    return max(0, min(most, significant - 1 - math.floor(math.log10(top))))
+
+
+def num_cell(value, text: str | None = None, *, decimals: int = 3) -> str:
+    """A right-aligned table cell; data-v keeps the exact value for sorting."""
+    shown = fixed(value, decimals) if text is None else text
+    key = "" if value is None else repr(float(value)) if isinstance(value, float) else str(value)
+    return f'<td class="num" data-v="{esc(key)}">{esc(shown)}</td>'
+
+
+def flatten(key: str, value, out: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Nested dicts as 'key · sub' rows; lists and scalars as compact text."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            flatten(f"{key} \u00b7 {k}", v, out)
+    elif isinstance(value, (dict, list, tuple)):
+        out.append((key, json.dumps(value, default=str) if value else "-"))
+    elif isinstance(value, float):
+        out.append((key, f"{value:.6g}"))
+    else:
+        out.append((key, "-" if value is None or value == "" else str(value)))
+    return out
+
+
+def meta_table(rows) -> str:
+    """Key/value table; nested dicts become one row per leaf."""
+    flat: list[tuple[str, str]] = []
     for k, v in rows:
-        if isinstance(v, (dict, list)):
-            v = json.dumps(v, default=str) if v else "-"
-        out.append(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>")
-    out.append("</table>")
-    return "\n".join(out)
+        flatten(str(k), v, flat)
+    cells = "".join(f"<tr><th scope=\"row\">{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in flat)
+    return f'<table class="meta">{cells}</table>'
 
 
-def detector_rule(convention: str) -> str:
-    conv = CONVENTIONS.get(convention)
-    if conv is None:
-        return f"the detector rule of convention {convention}"
-    rule = f"IoU {'>' if conv.detector_strict else '≥'} {conv.detector_iou:g}"
-    if conv.detector_iqr is not None:
-        rule += f" and IQR > {conv.detector_iqr:g}"
-    return rule
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an image file, or None when it is missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
 
 
-def _cell(text: str, v=None, cls: str = "") -> str:
-    attrs = f' class="{cls}"' if cls else ""
-    if v is not None:
-        attrs += f' data-v="{esc(str(v))}"'
-    return f"<td{attrs}>{esc(text)}</td>"
-
-
-def unit_table(out_dir: Path, lr: LayerResult, unit_base: int) -> str:
-    """Sortable table of every unit: number, label, category, IoU, threshold, detector, strip."""
-    with_iqr = lr.iqr is not None
-    heads = ["unit", "label", "category", "IoU"] + (["IQR"] if with_iqr else []) + \
-        ["threshold", "detector", "exemplars"]
-    out = [f'<table class="units sortable" data-layer="{esc(lr.layer)}">',
-           "<thead><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr></thead>", "<tbody>"]
-    for row in unit_rows(lr, unit_base):
-        n, det, iou, thr = row["unit"], row["detector"], row["iou"], row["threshold"]
-        cells = [_cell(str(n), n, "num"), _cell(row["label"]), _cell(row["category"]),
-                 _cell(fmt(iou), repr(iou), "num")]
-        if with_iqr:
-            cells.append(_cell(fmt(row["iqr"]), repr(row["iqr"]), "num"))
-        cells += [_cell(fmt(thr), repr(thr), "num"), _cell("yes" if det else "no", int(det), "detector")]
-        rel = row["exemplar"]
-        if rel and (out_dir / rel).is_file():
-            cells.append(f'<td><img class="strip" loading="lazy" src="{esc(quote(rel))}" '
-                         f'alt="unit {n} top images"></td>')
-        else:
-            cells.append("<td>-</td>")
-        out.append(f'<tr class="{"det" if det else "nondet"}">' + "".join(cells) + "</tr>")
-    out += ["</tbody>", "</table>"]
-    return "\n".join(out)
-
-
-def layer_section(out_dir: Path, lr: LayerResult, result: DissectionResult, idx: int) -> str:
-    n_det, uniq = lr.num_detectors, len(lr.unique_concepts())
-    parts = [f'<section id="layer-{idx}">', f"<h2>{esc(lr.layer)}</h2>",
-             f'<p class="summary"><b>{n_det}/{lr.num_units}</b> units are detectors covering '
-             f"<b>{uniq}</b> unique concepts ({esc(detector_rule(result.convention))}).</p>"]
-    fig = detector_bars(lr)
-    if fig is not None:
-        parts.append(f'<img class="bargraph" alt="detectors per concept in {esc(lr.layer)}" '
-                     f'src="{svg_data_uri(figure_svg(fig))}">')
-    facts = list(lr.extra.items())
-    if lr.rotation_info:
-        facts.insert(0, ("rotation", lr.rotation_info))
-    if facts:
-        parts.append(meta_table(facts))
-    parts += [unit_table(out_dir, lr, result.unit_base), "</section>"]
-    return "\n".join(parts)
-
-
-def report_body(out_dir: Path, result: DissectionResult, title: str) -> str:
-    base = result.unit_base
-    meta = [("convention", result.convention),
-            ("unit numbering", f"units are numbered from {base}"),
-            ("model", result.model), ("dataset", result.dataset),
-            ("parameters", result.parameters),
-            ("skipped samples", f"{result.skipped} " + (json.dumps(result.skip_reasons)
-                                                         if result.skip_reasons else "")),
-            ("timing (s)", {k: round(v, 3) for k, v in result.timing.items()}),
-            ("created", f"{result.created} (dissect_kernels {result.version})")]
-    nav = " · ".join(f'<a href="#layer-{i}">{esc(name)}</a>' for i, name in enumerate(result.layers))
-    parts = [f"<h1>{esc(title)}</h1>", meta_table(meta), f"<p>Layers: {nav}</p>",
-             '<div class="controls"><label><input type="checkbox" id="detectors-only"> '
-             "detectors only</label> (click a column header to sort)</div>"]
-    parts += [layer_section(out_dir, lr, result, i) for i, lr in enumerate(result.layers.values())]
-    return "\n".join(parts)
-
-
-def write_report(out_dir, result: DissectionResult, *, title: str = "Network dissection report") -> Path:
-    """Write out_dir/report.html (atomically) for `result`; exemplar strips are linked by their
-    relative paths when the files exist. Returns the report's path."""
-    if not isinstance(result, DissectionResult):
-        raise TypeError(f"result must be a DissectionResult, got {type(result).__name__}")
-    result.validate()
-    out = ensure_dir(out_dir)
-    page = html_page(title, report_body(out, result, title))
-    atomic_write(out, {REPORT_FILE: lambda p: Path(p).write_text(page, encoding="utf-8")})
-    return out / REPORT_FILE
+def strip_img(folder: Path, rel: str | None, alt: str) -> str:
+    """An exemplar-strip <img> (click to enlarge) with its size, or '' when the file is not in
+    `folder` (so a page never links a missing image)."""
+    size = image_size(Path(folder) / rel) if rel else None
+    if size is None:
+        return ""
+    w, h = size
+    return (f'<img class="strip" loading="lazy" src="{esc(quote(rel))}" width="{w}" height="{h}" '
+            f'data-tile="{STRIP_TILE}" data-gap="{STRIP_GAP}" alt="{esc(alt)}" title="click to enlarge">')
