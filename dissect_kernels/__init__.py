@@ -1,4 +1,9 @@
 """dissect_kernels: fused kernels and drivers for Network Dissection and GAN Dissection."""
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:   # before any OpenMP pool starts: idle threads sleep, not spin,
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # so a busy machine does not stall them
 from dissect_kernels._version import __version__  # noqa: F401  (the one place it is written)
 from dissect_kernels.ace import ace, rank_units_by_ace
 from dissect_kernels.alpha import optimize_alpha

@@ -129,6 +129,10 @@ class Plan:
         return out
 
 
+STAGES = {"data": "decode", "forward": "forward", "cache": "cache", "LayerQuantiles": "quantile",
+          "LayerTopK": "top-k", "LayerTally": "tally", "ExemplarMaps": "exemplars"}
+
+
 def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
     """thresholds= as {view name: [U] float32}: a dict of tensors, or a results folder (its
     layers' thresholds, e.g. a previous run of the same layers)."""
@@ -141,12 +145,10 @@ def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
     missing = [v.name for v in views if v.name not in thresholds]
     if missing:
         raise ValueError(f"thresholds has no entry for layers {missing} (it has {sorted(thresholds)})")
-    out = {}
-    for v in views:
-        t = torch.as_tensor(thresholds[v.name]).float().cpu()
-        if t.dim() != 1:
-            raise ValueError(f"thresholds[{v.name!r}] must be one value per unit [U], got shape {tuple(t.shape)}")
-        out[v.name] = t
+    out = {v.name: torch.as_tensor(thresholds[v.name]).float().cpu() for v in views}
+    bad = {name: tuple(t.shape) for name, t in out.items() if t.dim() != 1}
+    if bad:
+        raise ValueError(f"thresholds must be one value per unit [U]; got shapes {bad}")
     return out
 
 
@@ -155,7 +157,7 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
             geometry=None, receptive_fields: dict | None = None, batch_size: int = 32,
             device=None, out_dir=None, progress: bool = True, backend: str = "auto",
             rotation: int | None = None, top_k: int | None = None, quantile_mode: str = "auto",
-            num_workers: int = 0, report: bool = True, checkpoint_interval: float = 120.0,
+            num_workers: int | None = None, report: bool = True, checkpoint_interval: float = 120.0,
             resume: bool = True, thresholds=None, cache_bytes: int | None = None) -> DissectionResult:
     """Dissect `layers` of `model` on a Broden-format `dataset` (see BrodenDataset).
 
@@ -243,4 +245,5 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
                     "quantile_mode": plan.quantile_mode, "device": str(plan.device),
                     "thresholds": plan.threshold_source},
         skipped=sum(reasons.values()), skip_reasons=reasons,
-        timing={**output.timing, "total": sum(output.timing.values())})
+        timing={**output.timing, "total": sum(output.timing.values()),
+                **{f"stage {STAGES.get(k, k)}": v for k, v in output.stages.items()}})

@@ -63,13 +63,14 @@ def test_each_pass_decodes_only_what_it_reads(broden, monkeypatch):
     monkeypatch.setattr(BrodenDataset, "_load_pil", pil)
     monkeypatch.setattr(BrodenDataset, "_labels", labels)
     data = BrodenDataset(broden)
-    dk.dissect(load_default_model(), LAYERS, data, batch_size=16, progress=False)
+    kw = dict(batch_size=16, progress=False, num_workers=0)          # count in this process
+    dk.dissect(load_default_model(), LAYERS, data, **kw)
     assert opened == {"image": len(data), "labels": len(data)}      # images in pass 1, labels in pass 2
     opened.update(image=0, labels=0)
-    dk.dissect(load_default_model(), LAYERS, data, batch_size=16, progress=False, cache_bytes=0)
+    dk.dissect(load_default_model(), LAYERS, data, cache_bytes=0, **kw)
     assert opened == {"image": 2 * len(data), "labels": len(data)}
     opened.update(image=0, labels=0)
-    dk.dissect(load_default_model(), LAYERS, data, batch_size=16, progress=False, convention="netdissect-lite")
+    dk.dissect(load_default_model(), LAYERS, data, convention="netdissect-lite", **kw)
     assert opened == {"image": len(data), "labels": 2 * len(data)}   # its category filter reads labels
 
 

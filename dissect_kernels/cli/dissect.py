@@ -50,7 +50,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--rotation", type=int, metavar="SEED",
                    help="also dissect each layer under a random orthogonal rotation of its units")
     d.add_argument("--max-images", type=int, help="use only the first N images of the dataset")
-    d.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    d.add_argument("--num-workers", type=int, default=None,
+                   help="image-decoding worker processes (default: one less than the cores, at most 4)")
     add_input_args(d)
     d.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model "

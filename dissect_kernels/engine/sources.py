@@ -7,6 +7,7 @@ for a rank, and counts the samples it skipped (by reason).
 - LoaderSource: any iterable of batches (a user's DataLoader), converted by a function."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -34,10 +35,14 @@ class DatasetSource:
     """Batches of a map-style labelled dataset: images, labels, image_labels, indices. Corrupt
     samples are skipped and counted; a convention's dropped categories are filtered."""
 
-    def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
+    def __init__(self, dataset, *, batch_size: int = 32, num_workers: int | None = None,
                  drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False):
+        """num_workers None: decoding worker processes for datasets read from files (one less
+        than the cores this process may use, at most 4), none for in-memory datasets."""
         from dissect_kernels.data.loading import SampleLoader
         self.dataset, self.meta = dataset, meta if meta is not None else dataset
+        if num_workers is None:
+            num_workers = default_workers() if can_select(dataset) else 0
         self.options = dict(batch_size=batch_size, num_workers=num_workers,
                             drop_categories=drop_categories, pin_memory=pin_memory)
         self.loader = SampleLoader(dataset, meta=self.meta, **self.options)
@@ -82,6 +87,15 @@ class DatasetSource:
     def restore_skips(self, skips: dict[str, dict[int, str]]) -> None:
         self.loader.skipped.update(skips.get("unreadable", {}))
         self.loader.filtered.update(skips.get("no labels in the convention's categories", {}))
+
+
+def default_workers() -> int:
+    """One less than the cores this process may run on, at most 4 (0 on one core)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))
 
 
 class IndexSource:
