@@ -382,6 +382,15 @@ def test_site_refuses_a_page_registered_twice():
             site.add(name, "again", lambda folder: "")
 
 
+def test_browser_checks_say_what_to_install_without_chromium(monkeypatch):
+    from dissect_kernels.report import browser
+    monkeypatch.setattr(browser.shutil, "which", lambda name: None)
+    monkeypatch.delenv("DK_CHROMIUM", raising=False)
+    monkeypatch.delenv("DK_CHROMEDRIVER", raising=False)
+    reason = browser.missing_reason()
+    assert reason and "apt-get install -y chromium chromium-driver" in reason
+
+
 JS_HARNESS = r"""
 // a minimal DOM for report.js: one grouped table (a <tbody> per unit) whose header cells sort it
 function cell(v, text) { return { getAttribute: k => (k === 'data-v' ? v : null), textContent: text }; }
