@@ -13,7 +13,7 @@ KERNEL_LAYER = ("dissect_kernels.ops", "dissect_kernels.stats", "dissect_kernels
 ABOVE_KERNELS = ("dissect_kernels.dissect", "dissect_kernels.generator", "dissect_kernels.ace",
                  "dissect_kernels.alpha", "dissect_kernels.ablation", "dissect_kernels.gan_setup",
                  "dissect_kernels.engine", "dissect_kernels.cli", "dissect_kernels.report")
-DRIVERS = ("dissect.py", "generator.py", "ace.py", "alpha.py", "ablation.py", "gan_setup.py",
+DRIVERS = ("dissect.py", "dissect_plan.py", "generator.py", "ace.py", "alpha.py", "ablation.py", "gan_setup.py",
            "generated.py")
 MAX_DRIVER_LINES = 250
 MAX_FUNCTION_LINES = 60

@@ -21,8 +21,32 @@ CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
 _CATEGORY_FIELD = re.compile(r"^\s*([^();]+?)\s*\(\s*(\d+)\s*\)\s*$")
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
+MAX_PIXELS = 64_000_000          # an image or label map with more pixels is refused unread
+
+
+def _open_checked(path: Path, size: tuple[int, int], what: str, i: int, line: int) -> Image.Image:
+    """Open an image lazily and check its header before any pixel is decoded: its width x height
+    must equal `size` (from index.csv; None: anything up to MAX_PIXELS) and stay under
+    MAX_PIXELS, so a decompression bomb is refused for the price of reading its header."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise CorruptSampleError(path, f"{what} is a decompression bomb ({e}) (index.csv line {line})",
+                                 i, reason="too large") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise CorruptSampleError(path, f"{what} has {w}x{h} pixels, over the cap of {MAX_PIXELS:,} "
+                                       f"(index.csv line {line})", i, reason="too large")
+    if size is not None and (w, h) != (size[1], size[0]):
+        im.close()
+        raise CorruptSampleError(path, f"{what} is {w}x{h} (w x h) but index.csv line {line} says "
+                                       f"{size[1]}x{size[0]}", i, reason="wrong size")
+    return im
+
+
+def _decode_rgb(im: Image.Image) -> Image.Image:
+    with im:
         return im.convert("RGB")
 
 
@@ -81,9 +105,10 @@ def primary_categories(coverage: np.ndarray) -> np.ndarray:
     return (K - 1 - np.argmax(coverage[:, ::-1], axis=1)).astype(np.int64)
 
 
-def decode_label_png(path: Path) -> np.ndarray:
-    """Label ids of a Broden label PNG as int32 [H, W]: R + 256 * G (grey PNGs: the value)."""
-    with Image.open(path) as im:
+def decode_label_png(path) -> np.ndarray:
+    """Label ids of a Broden label PNG (a path or an opened image) as int32 [H, W]: R + 256 * G
+    (grey PNGs: the value)."""
+    with (path if isinstance(path, Image.Image) else Image.open(path)) as im:
         im.load()
         if im.mode in ("RGB", "RGBA"):
             arr = np.asarray(im)
@@ -112,10 +137,14 @@ class BrodenDataset(torch.utils.data.Dataset):
     Concept ids are label.csv numbers (0 = unlabelled); `category_of` is the primary category."""
 
     def __init__(self, root, *, categories=None, max_images=None, split=None, image_size=None,
-                 transform=None, require_labels: bool = False, normalize=None):
+                 transform=None, require_labels: bool = False, normalize=None, strict: bool = False):
         """normalize: "imagenet" (the default), "ndl", or (mean, std) (numbers or per-channel
-        triples), applied after to-tensor; `transform` replaces the whole image transform."""
+        triples), applied after to-tensor; `transform` replaces the whole image transform.
+        A row of index.csv naming a file outside the dataset root (../, an absolute path, a
+        symlink leading out) is refused: left out and counted in `refused` (strict=True: an
+        error instead)."""
         self.root = Path(root)
+        self.strict = strict
         if not self.root.is_dir():
             raise FileNotFoundError(f"Broden root directory not found: {self.root}")
         if transform is not None and normalize is not None:
@@ -214,10 +243,14 @@ class BrodenDataset(torch.utils.data.Dataset):
         path = self.root / "index.csv"
         rows = read_csv(path, INDEX_COLUMNS + tuple(self.category_names))
         self.index_path = path
+        self.refused: dict[str, list[str]] = {}
+        inside = self._inside_root()
         out = []
         for line, r in rows:
             row = _Row(line, r["image"].strip(), r["split"].strip(),
                        *(_int(path, line, c, r[c]) for c in ("ih", "iw", "sh", "sw")))
+            if not self._sizes_ok(row, path) or not inside(row, [row.image] + self._png_names(r)):
+                continue
             if split is not None and row.split != split:
                 continue
             for cat in self.category_names:
@@ -253,6 +286,40 @@ class BrodenDataset(torch.utils.data.Dataset):
         self._label_hw = lsize
         self.label_size = None if lsize is None else (lsize[0] if lsize[0] == lsize[1] else lsize)
 
+    def _png_names(self, r: dict) -> list[str]:
+        return [e.strip() for cat in self.category_names for e in r[cat].split(";")
+                if e.strip() and not _is_int(e.strip())]
+
+    def _inside_root(self):
+        """row, names -> whether every named file resolves (symlinks too) inside the root; an
+        outside one refuses the row (or raises, when strict). Nothing is opened to decide."""
+        images, top = (self.root / "images").resolve(), self.root.resolve()
+
+        def check(row: _Row, names: list[str]) -> bool:
+            for name in names:
+                target = (images / name).resolve()
+                if not target.is_relative_to(top):
+                    message = f"index.csv line {row.line}: {name!r} lies outside the dataset root {top}"
+                    if self.strict:
+                        raise BrodenFormatError(self.index_path, f"{name!r} lies outside the dataset root "
+                                                                 f"{top}", row.line)
+                    self.refused.setdefault("outside the dataset root", []).append(message)
+                    return False
+            return True
+        return check
+
+    def _sizes_ok(self, row: _Row, path: Path) -> bool:
+        """Sizes in index.csv must be positive and under the pixel cap (else the row is refused)."""
+        bad = min(row.ih, row.iw, row.sh, row.sw) < 1 or row.ih * row.iw > MAX_PIXELS or \
+            row.sh * row.sw > MAX_PIXELS
+        if bad:
+            message = f"index.csv line {row.line}: sizes {row.ih}x{row.iw} / {row.sh}x{row.sw} are not " \
+                      f"positive or exceed {MAX_PIXELS:,} pixels"
+            if self.strict:
+                raise BrodenFormatError(path, message, row.line)
+            self.refused.setdefault("impossible sizes", []).append(message)
+        return not bad
+
     # ---- samples --------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.rows)
@@ -270,16 +337,19 @@ class BrodenDataset(torch.utils.data.Dataset):
         try:
             return reader(path)
         except FileNotFoundError:
-            raise CorruptSampleError(path, f"{missing} is missing (index.csv line {line})", i) from None
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise CorruptSampleError(path, f"{unreadable} cannot be read ({e}) (index.csv line {line})", i) from None
+            raise CorruptSampleError(path, f"{missing} is missing (index.csv line {line})", i,
+                                     reason="missing") from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if isinstance(e, CorruptSampleError):
+                raise
+            raise CorruptSampleError(path, f"{unreadable} cannot be read ({e}) (index.csv line {line})",
+                                     i, reason="unreadable") from None
 
     def _load_pil(self, i: int) -> Image.Image:
         row, path = self.rows[i], self.image_path(i)
-        im = self._read_sample_file(path, i, _open_rgb, "image file", "image")
-        if im.size != (row.iw, row.ih):
-            raise CorruptSampleError(path, f"image is {im.size[0]}x{im.size[1]} (w x h) but index.csv "
-                                           f"line {row.line} says {row.iw}x{row.ih}", i)
+        im = self._read_sample_file(
+            path, i, lambda p: _decode_rgb(_open_checked(p, (row.ih, row.iw), "image", i, row.line)),
+            "image file", "image")
         if self._size is not None and im.size != (self._size[1], self._size[0]):
             im = im.resize((self._size[1], self._size[0]), Image.BILINEAR)
         return im
@@ -291,16 +361,16 @@ class BrodenDataset(torch.utils.data.Dataset):
     def _load_png(self, i: int, name: str) -> np.ndarray:
         row = self.rows[i]
         path = self.root / "images" / name
-        lab = self._read_sample_file(path, i, decode_label_png, "label PNG", "label PNG")
-        if lab.shape != (row.sh, row.sw):
-            raise CorruptSampleError(path, f"label PNG is {lab.shape[1]}x{lab.shape[0]} (w x h) but "
-                                           f"index.csv line {row.line} says {row.sw}x{row.sh}", i)
+        lab = self._read_sample_file(
+            path, i, lambda p: decode_label_png(_open_checked(p, (row.sh, row.sw), "label PNG", i, row.line)),
+            "label PNG", "label PNG")
         hi = int(lab.max())
         if hi >= self.num_concepts or not self._known[lab].all():
             bad = sorted(int(v) for v in np.unique(lab) if v >= self.num_concepts or not self._known[v])
             bad = [b for b in bad if b != 0]
             if bad:
-                raise CorruptSampleError(path, f"label ids {bad[:10]} are not in label.csv", i)
+                raise CorruptSampleError(path, f"label ids {bad[:10]} are not in label.csv", i,
+                                         reason="unknown label")
         if (row.sh, row.sw) != self._label_hw:
             h, w = self._label_hw
             ys = (np.arange(h) * row.sh) // h

@@ -14,9 +14,11 @@ class BrodenFormatError(ValueError):
 
 
 class CorruptSampleError(BrodenFormatError):
-    """One sample cannot be loaded (missing/unreadable image or label PNG, wrong size, unknown
-    label id). Drivers catch this to count and skip the image; `.index` is the dataset index."""
+    """One sample cannot be loaded (missing/unreadable image or label PNG, wrong size, too many
+    pixels, unknown label id). Drivers catch this to count and skip the image; `.index` is the
+    dataset index, `.reason` a short category for the counts ("missing", "unreadable", "wrong
+    size", "too large", "unknown label")."""
 
-    def __init__(self, path, message: str, index: int, line: int | None = None):
-        self.index = index
+    def __init__(self, path, message: str, index: int, line: int | None = None, reason: str = "unreadable"):
+        self.index, self.reason = index, reason
         super().__init__(path, message, line)

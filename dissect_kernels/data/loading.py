@@ -32,7 +32,7 @@ class _Guarded(Dataset):
         try:
             return _fetch(self.dataset, i, self.fields, self.uint8)
         except CorruptSampleError as err:
-            return ("skip", i, str(err))
+            return ("skip", i, str(err), err.reason)
 
 
 def can_select(dataset) -> bool:
@@ -51,21 +51,23 @@ def _fetch(dataset, i: int, fields, uint8: bool):
 
 
 def _split(items):
-    """Collate: (good items, [(index, reason)] of skipped ones)."""
+    """Collate: (good items, [(index, message, reason)] of skipped ones)."""
     good, bad = [], []
     for item in items:
         if isinstance(item, tuple) and item and item[0] == "skip":
-            bad.append((int(item[1]), item[2]))
+            bad.append((int(item[1]), item[2], item[3]))
         else:
             good.append(item)
     return good, bad
 
 
 class SampleLoader:
-    """Iterable of Batch over a Broden-style dataset; `skipped` maps index -> reason."""
+    """Iterable of Batch over a Broden-style dataset; `skipped` maps index -> message and
+    `reasons` index -> reason (strict=True: the first unreadable sample stops the run)."""
 
     def __init__(self, dataset, *, batch_size: int = 32, num_workers: int = 0,
-                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False):
+                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False,
+                 strict: bool = False):
         """`meta` supplies concept/category attributes when `dataset` is a Subset of it."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -81,8 +83,10 @@ class SampleLoader:
             self.keep &= self.category_of != k
         self.filtering = not bool(self.keep[1:].all())
         self.keep[0] = False
-        self.skipped: dict[int, str] = {}
+        self.skipped: dict[int, str] = {}          # index -> message
+        self.reasons: dict[int, str] = {}          # index -> reason ("missing", "too large", ...)
         self.filtered: set[int] = set()
+        self.strict = strict
         self.shapes: dict[str, tuple] = {}   # first shape seen per field (labels: H, W fixed)
 
     def __len__(self):
@@ -99,7 +103,12 @@ class SampleLoader:
                             shuffle=False, num_workers=self.num_workers, collate_fn=_split,
                             pin_memory=self.pin_memory)
         for items, bad in loader:
-            self.skipped.update(bad)
+            if bad and self.strict:
+                index, message, _ = bad[0]
+                raise CorruptSampleError("sample", f"{message} (strict: the run stops at the first bad "
+                                                   "sample)", index)
+            for index, message, reason in bad:
+                self.skipped[index], self.reasons[index] = message, reason
             yield self._stack(items)
 
     def __iter__(self):

@@ -31,12 +31,16 @@ class Batch:
         return int(self.indices.shape[0])
 
 
+FILTERED = "no labels in the convention's categories"
+
+
 class DatasetSource:
     """Batches of a map-style labelled dataset: images, labels, image_labels, indices. Corrupt
     samples are skipped and counted; a convention's dropped categories are filtered."""
 
     def __init__(self, dataset, *, batch_size: int = 32, num_workers: int | None = None,
-                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False):
+                 drop_categories: tuple[str, ...] = (), meta=None, pin_memory: bool = False,
+                 strict: bool = False):
         """num_workers None: decoding worker processes for datasets read from files (one less
         than the cores this process may use, at most 4), none for in-memory datasets."""
         from dissect_kernels.data.loading import SampleLoader
@@ -44,7 +48,7 @@ class DatasetSource:
         if num_workers is None:
             num_workers = default_workers() if can_select(dataset) else 0
         self.options = dict(batch_size=batch_size, num_workers=num_workers,
-                            drop_categories=drop_categories, pin_memory=pin_memory)
+                            drop_categories=drop_categories, pin_memory=pin_memory, strict=strict)
         self.loader = SampleLoader(dataset, meta=self.meta, **self.options)
         self.normalization = getattr(self.meta, "normalization", None)
 
@@ -80,13 +84,20 @@ class DatasetSource:
         return (x.float().div_(255.0) - mean) / std
 
     def skips(self) -> dict[str, dict[int, str]]:
-        return {"unreadable": dict(self.loader.skipped),
-                "no labels in the convention's categories":
-                    {i: "filtered" for i in sorted(self.loader.filtered)}}
+        """{reason: {index: message}}: unreadable samples by reason, and the filtered ones."""
+        out: dict[str, dict[int, str]] = {}
+        for i, message in self.loader.skipped.items():
+            out.setdefault(self.loader.reasons.get(i, "unreadable"), {})[i] = message
+        out[FILTERED] = {i: "filtered" for i in sorted(self.loader.filtered)}
+        return out
 
     def restore_skips(self, skips: dict[str, dict[int, str]]) -> None:
-        self.loader.skipped.update(skips.get("unreadable", {}))
-        self.loader.filtered.update(skips.get("no labels in the convention's categories", {}))
+        for reason, items in skips.items():
+            if reason == FILTERED:
+                self.loader.filtered.update(items)
+                continue
+            self.loader.skipped.update(items)
+            self.loader.reasons.update({i: reason for i in items})
 
 
 def default_workers() -> int:
