@@ -115,16 +115,23 @@ def outside_requests(driver) -> list[str]:
     return urls
 
 
-def screenshot(driver, path: Path, width: int = 1280, max_height: int = 1800, colors: int = 256) -> Path:
-    """The top of the page (up to max_height px) at `width` as a palette PNG (small files)."""
+def screenshot(driver, path: Path, width: int = 1280, max_height: int = 1800, colors: int = 256,
+               scroll_to: str | None = None) -> Path:
+    """The top of the page, or the part from the element `scroll_to` (a CSS selector) down, up
+    to max_height px, at `width`, saved as a palette PNG (small files)."""
     from PIL import Image
 
-    height = min(int(driver.execute_script("return document.documentElement.scrollHeight")), max_height)
-    resize(driver, width, height)
+    top = driver.execute_script("const e = arguments[0] && document.querySelector(arguments[0]);"
+                                "return e ? e.getBoundingClientRect().top + window.scrollY - 60 : 0;", scroll_to)
+    height = min(int(driver.execute_script("return document.documentElement.scrollHeight")) - int(top),
+                 max_height)
+    chrome = int(driver.execute_script("return window.outerHeight - window.innerHeight"))
+    resize(driver, width, height + chrome)
+    driver.execute_script("window.scrollTo(0, arguments[0])", top)
     tmp = Path(path).with_suffix(".full.png")
     driver.save_screenshot(str(tmp))
     with Image.open(tmp) as im:
-        im.convert("RGB").quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) \
+        im.convert("RGB").quantize(colors, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) \
             .save(path, format="PNG", optimize=True)
     tmp.unlink()
     return Path(path)

@@ -158,11 +158,12 @@ def layer_summary(rows: Sequence[tuple[str, dict[str, tuple[int, int]]]]) -> Fig
     fig = new_figure(width, 3.4 + bottom)
     W, H = fig.get_size_inches()
     axes = fig.subplots(1, 2)
-    fig.subplots_adjust(left=0.7 / W, right=1 - 0.2 / W, bottom=bottom / H, top=1 - 0.85 / H,
+    fig.subplots_adjust(left=0.7 / W, right=1 - 0.2 / W, bottom=bottom / H, top=1 - 0.7 / H,
                         wspace=0.3)
     pad = max(0.0, (3 - len(rows)) / 2)           # one or two layers: bars no wider than three's
-    for ax, which, label in zip(axes, (0, 1), ("detector units", "unique concepts detected")):
-        ax.set_title(label.capitalize() + " per layer", loc="left", fontsize=11, weight="bold", pad=26)
+    for ax, which, label, title in zip(axes, (0, 1), ("detector units", "unique concepts detected"),
+                                       ("Detector units", "Unique concepts")):
+        ax.set_title(title, loc="left", fontsize=11, weight="bold", pad=24)
         base = [0] * len(rows)
         for cat in cats:
             vals = [per.get(cat, (0, 0))[which] for _, per in rows]
