@@ -33,8 +33,8 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
 
     `layers`: module names or dk.LayerSpecs (token, NHWC and sequence-first layouts, a tensor
     selected from a tuple/dict output, a module's input). Returns a DissectionResult; with
-    out_dir, also writes results.safetensors, units.csv,
-    summary.json and report.html there (from rank 0 only under torch.distributed), and
+    out_dir, also writes results.safetensors, units.csv, summary.json and the report site
+    (index.html, a page per layer) there (from rank 0 only under torch.distributed), and
     checkpoints into out_dir/.checkpoint so that a rerun with identical inputs resumes.
     `rotation=seed` adds, per layer, the same layer under a random orthogonal rotation of its
     units (the NetDissect axis-alignment test). `convention` picks the reference whose rules to

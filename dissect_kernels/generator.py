@@ -149,8 +149,8 @@ def dissect_generator(generator: nn.Module, layers: "str | LayerSpec | Sequence[
     convention "exact" (exact quantiles) or "gandissect" (quantile sketch, GD's detector rule).
     Returns a DissectionResult (thresholds [U] = each unit's IQR-chosen threshold; iou/iqr at it;
     counts: intersection, truth, activation, search_iqr, search_threshold, quantile_iou); with
-    out_dir also saves results, exemplar strips and report.html there. Under torch.distributed
-    each rank takes a contiguous shard of the sample indices and the accumulators merge across
+    out_dir also saves results, exemplar strips and the report site (index.html) there. Under
+    torch.distributed each rank takes a contiguous shard of the sample indices and the accumulators merge across
     ranks after every pass (every rank returns the merged result; rank 0 writes). Accumulators
     checkpoint into checkpoint_dir (default out_dir) every checkpoint_interval seconds and at
     pass boundaries; a rerun with identical inputs resumes (resume=False starts over).
