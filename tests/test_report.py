@@ -33,8 +33,8 @@ HOSTILE = '<script>window.pwned = 1</script><b>bold</b> & "q" $x$'
 
 
 class Page(HTMLParser):
-    """Checks tag balance; collects what a browser would fetch, the unit tables (one entry per
-    <tbody> of a grouped table: its first row's cells), inline scripts and visible text."""
+    """Checks tag balance; collects what a browser would fetch, the tables' rows (data-v of each
+    cell; a grouped table's row is a <tbody>: its first row's cells), inline scripts and text."""
 
     def __init__(self):
         super().__init__()
@@ -49,15 +49,17 @@ class Page(HTMLParser):
                                 "heads": []})
         elif tag == "th" and self.tables and "thead" in self.stack:
             self.tables[-1]["heads"].append(a)
-        elif tag == "tbody" and self.tables:
+        elif tag == "tbody" and self.tables and "grouped" in self.tables[-1]["class"]:
             self.tables[-1]["rows"].append({"class": a.get("class"), "cells": [], "id": a.get("id")})
         elif tag == "td" and self.tables and self.stack[-1:] == ["tr"] and self.stack[-2:-1] == ["tbody"]:
-            row = self.tables[-1]["rows"][-1]
             if self._first_row:
-                row["cells"].append(a.get("data-v"))
+                self.tables[-1]["rows"][-1]["cells"].append(a.get("data-v"))
         if tag == "tr" and self.stack[-1:] == ["tbody"] and self.tables:
-            self._first_row = not self.tables[-1]["rows"][-1].get("seen")
-            self.tables[-1]["rows"][-1]["seen"] = True
+            rows = self.tables[-1]["rows"]
+            if "grouped" not in self.tables[-1]["class"]:     # a row per <tr>
+                rows.append({"class": a.get("class"), "cells": [], "id": a.get("id")})
+            self._first_row = not rows[-1].get("seen")
+            rows[-1]["seen"] = True
         self._script = tag == "script"
         if tag not in VOID:
             self.stack.append(tag)
@@ -430,3 +432,26 @@ def test_sort_script_sorts_grouped_rows_numerically_in_each_columns_first_direct
     assert out[1] == ["2", "10", "1"]     # second click: ascending
     assert out[2] == ["2", "10", "1"]     # by label text: grass, red, sky
     assert out[3] == ["1", "2", "10"]     # unit numbers numerically (not "1", "10", "2")
+
+
+def test_ace_page_ranks_units_and_joins_the_site(tmp_path):
+    from types import SimpleNamespace
+
+    from dissect_kernels.report.ace_page import ACE_FILE, write_ace_page
+    lr = make_layer("layer3", 6, seed=5)
+    lr.concept_names[2] = HOSTILE
+    write_report(tmp_path, dk.DissectionResult([lr], convention="exact"))
+    ace = torch.tensor([0.1, -0.2, 0.7, 0.0, 0.3, -0.05], dtype=torch.float64)
+    ranking = SimpleNamespace(ace=ace, order=ace.argsort(descending=True), ablated=torch.full((6,), 0.1),
+                              inserted=0.1 + ace, original=0.12, mode="insert_minus_ablate", num_samples=8)
+    path = write_ace_page(tmp_path, lr, ranking, HOSTILE, top=3)
+    assert path == tmp_path / ACE_FILE
+    page = parse(path)
+    links_resolve(tmp_path, page)
+    (table,) = [t for t in page.tables if "sortable" in t["class"]]
+    assert [float(row["cells"][5]) for row in table["rows"]] == sorted(ace.tolist(), reverse=True)
+    text = path.read_text()
+    assert [f'id="ace-unit-{u}"' in text for u in range(6)] == [u in (2, 4, 0) for u in range(6)]
+    assert "+0.700" in text and "\u22120.200" in text
+    assert "<script>window" not in text and HOSTILE in "".join(page.text)
+    assert f'href="{ACE_FILE}"' in (tmp_path / "index.html").read_text()
