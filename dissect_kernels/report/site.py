@@ -51,7 +51,7 @@ class Site:
     def render(self, folder: Path) -> dict[str, str]:
         """{file name: text} for every page, index.html and site.json."""
         entries = ordered(self.entries)
-        out = {e.file: html_page(f"{e.title} \u00b7 {self.title}", self.renderers[e.file](folder),
+        out = {e.file: html_page(f"{e.title} \u00b7 {self.title}", self.body(e.file, folder),
                                  nav_bar(self.title, entries, e.file)) for e in entries}
         overview = self.overview(folder) if self.overview else ""
         manifest = {"title": self.title, "subtitle": self.subtitle, "overview": overview,
@@ -59,6 +59,13 @@ class Site:
         out[INDEX_FILE] = index_page(manifest)
         out[MANIFEST_FILE] = json.dumps(manifest, indent=1) + "\n"
         return out
+
+    def body(self, file: str, folder: Path) -> str:
+        """A registered page's body HTML (a renderer returning anything else is a bug: refused)."""
+        body = self.renderers[file](folder)
+        if not isinstance(body, str):
+            raise TypeError(f"the renderer of {file} returned {type(body).__name__}, not HTML text")
+        return body
 
     def writers(self, folder: Path) -> dict[str, Callable[[Path], None]]:
         """render() as atomic_write writers (name -> writer(path))."""
