@@ -137,8 +137,8 @@ def classifier_ablation(model: nn.Module, layer: "str | LayerSpec", loader, *, n
                         progress: bool = True, ranking: torch.Tensor | None = None,
                         chunk_size: int | None = None, multilabel: bool = False,
                         checkpoint_dir=None, checkpoint_name: str = "ablation",
-                        checkpoint_key: dict | None = None,
-                        checkpoint_interval: float = 120.0) -> AblationResult:
+                        checkpoint_key: dict | None = None, checkpoint_interval: float = 120.0,
+                        resume: bool = True) -> AblationResult:
     """The classifier ablation experiment (davidbau/dissect): per-class precision, recall and
     balanced accuracy unablated and with each single unit of `layer` ablated (zeroed
     everywhere; batched with intervene), units ranked per class by the balanced-accuracy drop,
@@ -181,7 +181,7 @@ def classifier_ablation(model: nn.Module, layer: "str | LayerSpec", loader, *, n
         layer=repr(spec), num_classes=num_classes, units=None if units is None else torch.as_tensor(units).tolist(),
         top_n=top_n.tolist(), multilabel=multilabel, chunk_size=chunk_size,
         ranking=None if ranking is None else torch.as_tensor(ranking).tolist(),
-        data=checkpoint_key or {}), checkpoint_interval)
+        data=checkpoint_key or {}), checkpoint_interval, resume)
     source = LoaderSource(loader, lambda item: _convert(item, num_classes, multilabel))
     out = run_passes(model, source, passes, layers=[spec], device=device, progress=progress,
                      checkpoint=ckpt, check_finite=False, desc="ablation")

@@ -104,7 +104,8 @@ class EffectCounts:
 
 
 def _effects(st: GanSetup, sets, mode: str, value, positions, num_samples: int, batch_size: int,
-             chunk_size, progress: bool, checkpoint_dir, name: str, key: dict, interval: float):
+             chunk_size, progress: bool, checkpoint_dir, name: str, key: dict, interval: float,
+             resume: bool = True):
     """Run the value pass (when the mode inserts and k needs statistics) and the effect pass;
     returns (mean class fractions {original [1], ablated [S], inserted [S]}, k [U] or None)."""
     passes = []
@@ -122,7 +123,7 @@ def _effects(st: GanSetup, sets, mode: str, value, positions, num_samples: int, 
     ckpt = None if checkpoint_dir is None else CheckpointSpec(checkpoint_dir, name, dict(
         key, mode=mode, value=str(value) if not isinstance(value, torch.Tensor) else value.tolist(),
         positions=None if positions is None else positions.tolist(), num_samples=num_samples,
-        batch_size=batch_size, **st.key()), interval)
+        batch_size=batch_size, **st.key()), interval, resume)
     out = run_passes(st.generator, IndexSource(num_samples, st.z_of, batch_size=batch_size), passes,
                      layers=[st.spec], device=st.device, progress=progress, checkpoint=ckpt,
                      check_finite=False, desc=name)
@@ -135,7 +136,7 @@ def ace(generator: nn.Module, layer: "str | LayerSpec", units: "int | Sequence[i
         num_samples: int, seed: int = 0, mode: str = "insert_minus_ablate", value=None,
         positions: torch.Tensor | None = None, batch_size: int = 32, z_sampler: Callable | None = None,
         z_dim: int | None = None, device=None, progress: bool = False,
-        checkpoint_dir=None, checkpoint_interval: float = 120.0) -> ACEResult:
+        checkpoint_dir=None, checkpoint_interval: float = 120.0, resume: bool = True) -> ACEResult:
     """ACE of ablating/inserting `units` of `layer` on class `concept` (id or name), averaged
     over num_samples z (same z per index as dissect_generator). value: a number, a [U] tensor,
     "quantile" (each unit's 0.99 quantile, the default) or "mean" (the concept-conditioned
@@ -147,7 +148,7 @@ def ace(generator: nn.Module, layer: "str | LayerSpec", units: "int | Sequence[i
                   device=device)
     ids = st.check_units(units)
     frac, k = _effects(st, [ids], mode, value, positions, num_samples, batch_size, None, progress,
-                       checkpoint_dir, "ace", {"units": ids}, checkpoint_interval)
+                       checkpoint_dir, "ace", {"units": ids}, checkpoint_interval, resume)
     m = {"original": float(frac["original"][0]), "ablated": float(frac["ablated"][0]),
          "inserted": float(frac["inserted"][0])}
     effect = {"insert_minus_ablate": m["inserted"] - m["ablated"], "ablate": m["original"] - m["ablated"],
@@ -162,7 +163,8 @@ def rank_units_by_ace(generator: nn.Module, layer: "str | LayerSpec", segmenter,
                       positions: torch.Tensor | None = None, batch_size: int = 16,
                       chunk_size: int | None = None, z_sampler: Callable | None = None,
                       z_dim: int | None = None, device=None, progress: bool = False,
-                      checkpoint_dir=None, checkpoint_interval: float = 120.0) -> UnitRanking:
+                      checkpoint_dir=None, checkpoint_interval: float = 120.0,
+                      resume: bool = True) -> UnitRanking:
     """Single-unit ACE of every unit of `layer` in one streaming run: per batch the network
     runs to the layer once, and all U single-unit ablations (and insertions) run as one batched
     dk.intervene (chunk_size bounds the sets per forward pass). checkpoint_dir: checkpoint there."""
@@ -174,7 +176,7 @@ def rank_units_by_ace(generator: nn.Module, layer: "str | LayerSpec", segmenter,
     value = "quantile" if value is None else value
     frac, k = _effects(st, sets, "insert_minus_ablate", value, positions, num_samples, batch_size,
                        chunk_size, progress, checkpoint_dir, "ace-ranking", {"rank_mode": mode},
-                       checkpoint_interval)
+                       checkpoint_interval, resume)
     orig, abl, ins = float(frac["original"][0]), frac["ablated"], frac["inserted"]
     effect = {"insert_minus_ablate": ins - abl, "ablate": orig - abl, "insert": ins - orig}[mode]
     order = torch.sort(-effect, stable=True).indices

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from dissect_kernels.cli.common import (add_input_args, check_device, load_model, load_weights, one_line,
-                                       open_dataset, prepare_out)
+from dissect_kernels.cli.common import (add_input_args, add_run_args, check_device, load_model, load_weights,
+                                       one_line, open_dataset, prepare_out)
 from dissect_kernels.engine import dataset_identity
+from dissect_kernels.io.lock import locked
 
 DEFAULT_OUT = "ablation_results"
 DEFAULT_DATASET = "synthetic:300"
@@ -53,6 +54,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="'broden:PATH' (or PATH) of a Broden-format copy, or 'synthetic[:N]' to write "
                         f"N synthetic images under --out (default: {DEFAULT_DATASET})")
     add_input_args(p)
+    add_run_args(p)
     p.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model never "
                         "saw in training, which used seed 0)")
@@ -203,7 +205,7 @@ def run_ablate(args) -> int:
     out = prepare_out(Path(args.out), Path(DEFAULT_OUT))
     try:
         ds = open_dataset(args.dataset, out, args.seed, args.max_images, image_size=args.image_size,
-                          normalize=args.normalize)
+                          normalize=args.normalize, strict=args.strict)
     except ValueError as err:
         raise SystemExit(f"--dataset {args.dataset!r}: {err}") from None
     (rank_data, rank_loader), (eval_data, eval_loader) = _loaders(args, ds, names)
@@ -214,23 +216,25 @@ def run_ablate(args) -> int:
         raise SystemExit(f"the model outputs shape {tuple(probe.shape)} but {len(names)} targets were "
                          "given: it must output one logit per target, [B, len(targets)]")
     common = dict(num_classes=len(names), progress=not args.quiet, multilabel=True,
-                  chunk_size=_chunk_size(model, layer, x, args.batch_size), checkpoint_dir=out)
+                  chunk_size=_chunk_size(model, layer, x, args.batch_size), checkpoint_dir=out,
+                  resume=not args.fresh)
     data = {"dataset": dataset_identity(ds), "targets": names, "batch_size": args.batch_size}
     t1 = time.perf_counter()
-    # Rank on the rank split (its own top-N pass is kept to N=1: the eval split is what counts).
-    rank = classifier_ablation(model, layer, rank_loader, top_n=(1,), checkpoint_name="ablate-rank",
-                               checkpoint_key={**data, "split": args.rank_split}, **common)
-    res = classifier_ablation(model, layer, eval_loader, top_n=args.top_n, ranking=rank.ranking,
-                              checkpoint_name="ablate-eval",
-                              checkpoint_key={**data, "split": args.eval_split}, **common)
-    t2 = time.perf_counter()
-    meta = {"model": args.model or "embedded SmallCNN (dissect_kernels.models.load_default_model)",
-            "layer": layer, "units": int(rank.units.numel()), "dataset": args.dataset,
-            "dataset_root": str(ds.root), "rank_split": args.rank_split, "eval_split": args.eval_split,
-            "rank_images": rank.num_samples, "eval_images": res.num_samples,
-            "top_n": res.top_n.tolist(), "decision": "multi-label: logit > 0",
-            "seconds": {"ablation": round(t2 - t1, 2)}}
-    paths = write_ablation(out, res, rank, names, res.positives, meta)
+    with locked(out):
+        # Rank on the rank split (its own top-N pass is kept to N=1: the eval split is what counts).
+        rank = classifier_ablation(model, layer, rank_loader, top_n=(1,), checkpoint_name="ablate-rank",
+                                   checkpoint_key={**data, "split": args.rank_split}, **common)
+        res = classifier_ablation(model, layer, eval_loader, top_n=args.top_n, ranking=rank.ranking,
+                                  checkpoint_name="ablate-eval",
+                                  checkpoint_key={**data, "split": args.eval_split}, **common)
+        t2 = time.perf_counter()
+        meta = {"model": args.model or "embedded SmallCNN (dissect_kernels.models.load_default_model)",
+                "layer": layer, "units": int(rank.units.numel()), "dataset": args.dataset,
+                "dataset_root": str(ds.root), "rank_split": args.rank_split, "eval_split": args.eval_split,
+                "rank_images": rank.num_samples, "eval_images": res.num_samples,
+                "top_n": res.top_n.tolist(), "decision": "multi-label: logit > 0",
+                "seconds": {"ablation": round(t2 - t1, 2)}}
+        paths = write_ablation(out, res, rank, names, res.positives, meta)
     print_table(res, names, build_tables(res, rank, names, res.positives)[0])
     print(f"\nresults: {', '.join(str(p) for p in paths[:3])}")
     print(f"report:  {(out / 'index.html').resolve()}  ({time.perf_counter() - t0:.1f} s)")

@@ -68,7 +68,7 @@ def load_weights(model, weights: str, flag: str, spec: str) -> None:
 
 
 def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None, *,
-                 image_size: int | None = None, normalize: str | None = None):
+                 image_size: int | None = None, normalize: str | None = None, strict: bool = False):
     """'synthetic[:N]' writes a synthetic Broden-format dataset under out_dir; 'broden:PATH'
     or a plain PATH reads a Broden copy; images resized to image_size and normalised by
     `normalize` (imagenet by default)."""
@@ -96,7 +96,8 @@ def open_dataset(spec: str, out_dir: Path, seed: int, max_images: int | None, *,
     if image_size is not None and image_size < 8:
         raise SystemExit(f"--image-size must be >= 8 pixels, got {image_size}")
     try:
-        return BrodenDataset(root, max_images=max_images, image_size=image_size, normalize=norm)
+        return BrodenDataset(root, max_images=max_images, image_size=image_size, normalize=norm,
+                             strict=strict)
     except (OSError, ValueError, LookupError) as err:
         raise SystemExit(f"--dataset {spec!r}: not a readable Broden-format dataset "
                          f"({one_line(err)})") from err
@@ -109,6 +110,16 @@ def add_input_args(p) -> None:
     p.add_argument("--normalize", metavar="MEAN,STD",
                    help="input normalisation: imagenet (default), ndl (NetDissect-Lite's Caffe "
                         "mean, std 0.224), 'MEAN,STD' for all channels or 'M1,M2,M3,S1,S2,S3'")
+
+
+def add_run_args(p, data: bool = True) -> None:
+    """--fresh (ignore an earlier run's checkpoint) and, for dataset commands, --strict."""
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: ignore (and remove) the checkpoint an interrupted earlier run left in --out")
+    if data:
+        p.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable sample or bad index.csv row instead of skipping "
+                            "and counting it")
 
 
 def check_device(value: str | None) -> None:

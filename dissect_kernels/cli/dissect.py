@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dissect_kernels.cli.common import (DEFAULT_SYNTHETIC_IMAGES, add_input_args, check_device, load_model,
-                                       load_weights, one_line, open_dataset, prepare_out)
+from dissect_kernels.io.lock import locked
+
+from dissect_kernels.cli.common import (DEFAULT_SYNTHETIC_IMAGES, add_input_args, add_run_args, check_device,
+                                       load_model, load_weights, one_line, open_dataset, prepare_out)
 
 DEFAULT_OUT = "dissect_results"
 
@@ -53,6 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--num-workers", type=int, default=None,
                    help="image-decoding worker processes (default: one less than the cores, at most 4)")
     add_input_args(d)
+    add_run_args(d)
     d.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model "
                         "never saw in training, which used seed 0)")
@@ -127,21 +130,30 @@ def _thresholds(path: str | None):
 
 
 def run(args) -> int:
-    import dissect_kernels as dk
-
     out_dir = Path(args.out)
     check_device(args.device)
     model, names = _model_and_layers(args)
     _check_numbers(args)
     thresholds = _thresholds(args.thresholds)
     prepare_out(out_dir, Path(DEFAULT_OUT))
-    dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images,
-                           image_size=args.image_size, normalize=args.normalize)
-    result = dk.dissect(model, names, dataset, thresholds=thresholds,
-                        convention=args.convention, quantile=args.quantile,
-                        batch_size=args.batch_size, device=args.device, out_dir=out_dir,
-                        progress=not args.quiet, backend=args.backend, rotation=args.rotation,
-                        top_k=args.top_k, num_workers=args.num_workers)
+    with locked(out_dir):
+        result = _run(args, model, names, thresholds, out_dir)
+    _print_summary(result, out_dir)
+    return 0
+
+
+def _run(args, model, names, thresholds, out_dir: Path):
+    import dissect_kernels as dk
+    dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images, image_size=args.image_size,
+                           normalize=args.normalize, strict=args.strict)
+    return dk.dissect(model, names, dataset, thresholds=thresholds, resume=not args.fresh, strict=args.strict,
+                      convention=args.convention, quantile=args.quantile, batch_size=args.batch_size,
+                      device=args.device, out_dir=out_dir, progress=not args.quiet, backend=args.backend,
+                      rotation=args.rotation, top_k=args.top_k, num_workers=args.num_workers)
+
+
+def _print_summary(result, out_dir: Path) -> None:
+    """The best units, the stage timings, what was skipped, where the files are."""
     print_top_units(result)
     stages = {k[6:]: v for k, v in result.timing.items() if k.startswith("stage ")}
     print("\nseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) +
@@ -150,4 +162,3 @@ def run(args) -> int:
         print(f"\nskipped {result.skipped} samples {result.skip_reasons} (listed in summary.json)")
     print(f"\nresults: {out_dir / 'units.csv'}, {out_dir / 'results.safetensors'}")
     print(f"report:  {(out_dir / 'index.html').resolve()}  (open it in a browser)")
-    return 0

@@ -43,6 +43,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default: auto for --convention exact, sketch for gandissect)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from dissect_kernels.cli.common import add_run_args
+    add_run_args(p, data=False)
     p.set_defaults(run=run_gan)
     return p
 
@@ -81,39 +83,58 @@ def _ace_images(gen, layer, units: int, value, z) -> dict:
 
 def run_gan(args) -> int:
     """Dissect, rank units by ACE for one concept, write results + the report site (with ace.html) once."""
-    from dissect_kernels.ace import rank_units_by_ace
-    from dissect_kernels.generated import make_z_sampler, segmenter_info
-    from dissect_kernels.generator import dissect_generator, generated_exemplars
-    from dissect_kernels.report.ace_page import ACE_FILE, ace_page, ace_summary, save_image_strip
-    from dissect_kernels.report.gan import write_gan
-    from dissect_kernels.report.site import INDEX_FILE
     from dissect_kernels.cli.common import check_device, prepare_out
+    from dissect_kernels.generated import segmenter_info
+    from dissect_kernels.io.lock import locked
+    from dissect_kernels.report.ace_page import ACE_FILE
+    from dissect_kernels.report.site import INDEX_FILE
 
     t0 = time.perf_counter()
     check_device(args.device)
     gen, spec, seg = _load(args)
-    layer = spec.key
-    prepare_out(args.out, DEFAULT_OUT)
-    device = torch.device(args.device) if args.device else None
-    if device is not None:
-        gen = gen.to(device)
-    progress = not args.quiet
     names = segmenter_info(seg)[1]
     concept = args.concept if args.concept is not None else names[1]
     if concept not in names:
         raise SystemExit(f"--concept {concept!r} is not one of the segmenter's classes {names}")
+    prepare_out(args.out, DEFAULT_OUT)
+    device = torch.device(args.device) if args.device else None
+    gen = gen.to(device) if device is not None else gen
+    with locked(args.out):
+        result, ranking = _dissect_and_rank(args, gen, spec, seg, concept, device)
+        _write(args, gen, spec, seg, concept, device, result, ranking)
+    lr, top = result.layers[spec.key], ranking.order[:5].tolist()
+    print(f"{spec.key}: {lr.num_detectors}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
+          f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
+    print(f"report:  {(args.out / INDEX_FILE).resolve()} (with {ACE_FILE}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _dissect_and_rank(args, gen, spec, seg, concept, device):
+    """The GAN dissection of the layer and the single-unit ACE ranking (both checkpointed)."""
+    from dissect_kernels.ace import rank_units_by_ace
+    from dissect_kernels.generator import dissect_generator
+    progress = not args.quiet
     result = dissect_generator(gen, spec, seg, num_samples=args.num_samples, seed=args.seed,
                                convention=args.convention, batch_size=args.batch_size, device=device,
                                checkpoint_dir=args.out, progress=progress, backend=args.backend,
-                               top_k=args.top_k, quantile_mode=args.quantile_mode)
-    lr = result.layers[layer]
+                               top_k=args.top_k, quantile_mode=args.quantile_mode, resume=not args.fresh)
     t1 = time.perf_counter()
     ranking = rank_units_by_ace(gen, spec, seg, concept, num_samples=args.ace_samples, seed=args.seed,
                                 batch_size=min(args.batch_size, 16), device=device, progress=progress,
-                                checkpoint_dir=args.out)
+                                checkpoint_dir=args.out, resume=not args.fresh)
+    result.timing["ace"] = time.perf_counter() - t1
+    return result, ranking
+
+
+def _write(args, gen, spec, seg, concept, device, result, ranking) -> None:
+    """Results, the report site, the ACE page and its before/after strips, all at once."""
+    from dissect_kernels.generated import make_z_sampler
+    from dissect_kernels.generator import generated_exemplars
+    from dissect_kernels.report.ace_page import ACE_FILE, ace_page, ace_summary, save_image_strip
+    from dissect_kernels.report.gan import write_gan
+    lr = result.layers[spec.key]
     z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
     images = _ace_images(gen, spec, lr.num_units, ranking.value, z_of(torch.arange(min(6, args.ace_samples))))
-    result.timing["ace"] = time.perf_counter() - t1
     top = ranking.order[:5].tolist()
     lr.extra["ace"] = {"concept": concept, "page": ACE_FILE, "samples": ranking.num_samples,
                        "top_units": top, "top_ace": [round(float(ranking.ace[u]), 4) for u in top]}
@@ -132,8 +153,3 @@ def run_gan(args) -> int:
     write_gan(args.out, result, exemplars, strips=ace_strips,
               register=lambda site: site.add(ACE_FILE, f"ACE on {concept}", page, section="Causal effects",
                                              summary=ace_summary(ranking, concept, result.unit_base)))
-    n_det = lr.num_detectors
-    print(f"{layer}: {n_det}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
-          f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
-    print(f"report:  {(args.out / INDEX_FILE).resolve()} (with {ACE_FILE}) in {time.perf_counter() - t0:.1f} s")
-    return 0

@@ -324,6 +324,11 @@ class BrodenDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def files(self) -> list[Path]:
+        """Every file the rows name (images and label PNGs): what a checkpoint fingerprints."""
+        images = self.root / "images"
+        return [images / name for r in self.rows for name in [r.image, *r.pngs]]
+
     def image_path(self, i: int) -> Path:
         return self.root / "images" / self.rows[i].image
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def content_hash(model: torch.nn.Module | None, **params) -> str:
 
 def dataset_identity(dataset) -> dict:
     """What identifies a dataset's content: its type, length and, for on-disk datasets, the
-    hashes of its index files."""
+    hashes of its index files and a fingerprint of every file its rows name (size and
+    modification time: replacing an image under an unchanged index.csv changes it)."""
     ident = {"type": type(dataset).__name__, "len": len(dataset)}
     root = getattr(dataset, "root", None)
     if root is not None:
@@ -52,7 +54,22 @@ def dataset_identity(dataset) -> dict:
             f = Path(root) / name
             if f.is_file():
                 ident[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    files = getattr(dataset, "files", None)
+    if callable(files):
+        ident["files"] = files_fingerprint(files())
     return ident
+
+
+def files_fingerprint(paths) -> str:
+    """sha256 over (path, size, mtime in ns) of each file ("missing" for an absent one)."""
+    h = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}|missing\n".encode())
+    return h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from dissect_kernels.engine.checkpoint import Checkpointer, content_hash
 from dissect_kernels.engine.protocol import (Pass, Results, check_accumulator, layers_of, needs_labels,
                                              needs_output)
 from dissect_kernels.engine.step import LayerView, Step, as_views, capture
+from dissect_kernels.io.lock import locked
 
 
 @dataclass
@@ -69,14 +71,17 @@ def run_passes(model: torch.nn.Module, source, passes: Sequence[Pass], *,
     removed. cache_bytes bounds the activation cache that spares later passes over the same
     source the decoding and the model (None: a quarter of memory, at most 8 GiB; 0: off).
     Returns finish(output), or the RunOutput."""
-    run = _Run(model, source, list(passes), as_views(layers), device, progress, annotate,
-               checkpoint, distributed, check_finite, desc, cache_bytes)
-    output = run.execute()
-    value = finish(output) if finish is not None else output
-    if write is not None and run.rank == 0:
-        write(value, output)
-    if run.ckpt is not None:
-        run.ckpt.clear()
+    lock = nullcontext() if checkpoint is None else \
+        locked(checkpoint.root, suffix="" if ddp.rank() == 0 or not distributed else f".rank{ddp.rank()}")
+    with lock:
+        run = _Run(model, source, list(passes), as_views(layers), device, progress, annotate,
+                   checkpoint, distributed, check_finite, desc, cache_bytes)
+        output = run.execute()
+        value = finish(output) if finish is not None else output
+        if write is not None and run.rank == 0:
+            write(value, output)
+        if run.ckpt is not None:
+            run.ckpt.clear()
     if run.distributed:
         ddp.barrier()
     return value

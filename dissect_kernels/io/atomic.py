@@ -24,6 +24,11 @@ def ensure_dir(out_dir) -> Path:
     return out
 
 
+def umask_mode() -> int:
+    """The mode a plain open() gives a new file under the user's umask."""
+    return 0o666 & ~_umask()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -48,6 +53,7 @@ def atomic_write(out_dir, files: dict[str, Callable[[Path], Any]], *, fsync: boo
         for name, writer in files.items():
             temps[name] = _temp_beside(out_dir / name)
             writer(temps[name])
+            os.chmod(temps[name], 0o666 & ~_umask())     # a writer may recreate it (safetensors: 0600)
             if fsync:
                 with open(temps[name], "rb") as f:
                     os.fsync(f.fileno())

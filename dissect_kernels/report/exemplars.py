@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dissect_kernels.io.atomic import umask_mode
+
 STRIP_TILE = 112      # pixels per image in a strip (pages show them at this size)
 STRIP_GAP = 3         # white pixels between tiles
 STRIP_COLUMNS = 10    # tiles per row; more exemplars wrap onto further rows
@@ -108,6 +110,7 @@ def save_strip(out_dir, layer: str, unit: int, images, masks, **kw) -> str:
     os.close(fd)
     try:
         strip.save(tmp, format="JPEG", quality=90)
+        os.chmod(tmp, umask_mode())                 # mkstemp makes 0600; follow the user's umask
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
