@@ -19,11 +19,17 @@ inline T* ptr(const py::dict& d, const char* key) {
   return reinterpret_cast<T*>(static_cast<std::uintptr_t>(d[key].cast<std::int64_t>()));
 }
 
+// d[key] = [i0, i1, w0, w1, d0, d1, arith]: six pointers and the Arith code (AxisTable.spec()
+// in dissect_kernels/geometry.py).
 inline AxisTable axis_table(const py::dict& d, const char* key, int64_t n) {
   auto p = d[key].cast<std::vector<std::int64_t>>();
   auto as = [](std::int64_t v) { return reinterpret_cast<const void*>(static_cast<std::uintptr_t>(v)); };
-  return AxisTable{static_cast<const int32_t*>(as(p.at(0))), static_cast<const int32_t*>(as(p.at(1))),
-                   static_cast<const float*>(as(p.at(2))), static_cast<const float*>(as(p.at(3))), n};
+  AxisTable t{static_cast<const int32_t*>(as(p.at(0))), static_cast<const int32_t*>(as(p.at(1))),
+              static_cast<const float*>(as(p.at(2))), static_cast<const float*>(as(p.at(3))), n};
+  t.d0 = static_cast<const double*>(as(p.at(4)));
+  t.d1 = static_cast<const double*>(as(p.at(5)));
+  t.arith = static_cast<Arith>(p.at(6));
+  return t;
 }
 
 inline TallyArgs tally_args(const py::dict& d) {

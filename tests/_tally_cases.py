@@ -11,7 +11,8 @@ from dissect_kernels.geometry import Geometry
 from dissect_kernels.ops.tally import TallyResult, tally_into
 from dissect_kernels.reference.tally import upsample
 
-GEOMETRIES = ("half-pixel", "align-corners", "zero-pad", "receptive-field", "affine-zero")
+GEOMETRIES = ("half-pixel", "align-corners", "zero-pad", "receptive-field", "affine-zero", "grid-sample",
+              "grid-sample-border", "pillow")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -28,6 +29,8 @@ def make_case(seed: int, *, B=2, U=5, h=3, w=4, H=7, W=9, L=2, M=2, C=6, K=3,
               negative=False, device="cpu") -> dict:
     """Inputs ready for tally_into. Thresholds are exact upsampled values (ties), quantiles,
     above the map max (dead units) or -inf (everything active), unit by unit."""
+    if geom == "pillow":  # PIL's resize is reproduced when enlarging
+        H, W = max(H, h), max(W, w)
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(B, U, h, w, generator=g) * scale
     if negative:

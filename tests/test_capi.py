@@ -59,7 +59,7 @@ def c_tally(case):
     a = TallyArgs(acts=ptr(acts), acts_dtype=DTYPE[acts.dtype], B=B, U=U, h=h, w=w, acts_stride=i64s(*acts.stride()),
                   thresholds=ptr(case["thresholds"]), labels=ptr(labels), L=L, H=H, W=W,
                   image_labels=ptr(case["image_labels"]), M=0 if case["image_labels"] is None else case["image_labels"].shape[1],
-                  ytab=AxisTable(*(ptr(t) for t in ytab)), xtab=AxisTable(*(ptr(t) for t in xtab)),
+                  ytab=AxisTable(*(ptr(t) for t in ytab[:4])), xtab=AxisTable(*(ptr(t) for t in xtab[:4])),
                   num_concepts=case["num_concepts"], per_layer=int(case["per_layer"]),
                   category_of=ptr(case["category_of"]), num_categories=K or 0,
                   intersection=ptr(out.intersection), active=ptr(out.active), max=ptr(out.max), touched=ptr(out.touched))
@@ -73,7 +73,7 @@ def test_tally_and_tables_equal_the_python_api(case):
     got, (ytab, xtab) = c_tally(case)
     acts, labels = case["acts"], case["labels"]
     py_y, py_x = Geometry.named(case["geometry"]).tables(acts.shape[2:], labels.shape[2:])
-    for c_t, p_t in zip(ytab + xtab, tuple(py_y) + tuple(py_x)):
+    for c_t, p_t in zip(ytab + xtab, tuple(py_y[:4]) + tuple(py_x[:4])):
         assert torch.equal(c_t, p_t)
     for backend in ("reference", "auto"):
         want = dk.tally(acts, case["thresholds"], labels, num_concepts=case["num_concepts"],
@@ -295,10 +295,10 @@ def test_cuda_tally_through_the_c_abi_counts_past_16_bit_counters():
     thresholds = torch.full((2,), -1.0).cuda()
     res = dk.tally(acts, thresholds, labels, num_concepts=3, backend="cuda")
     out = dk.TallyResult.empty(1, 2, 3, None, torch.device("cuda"))
-    ytab, xtab = (tuple(t.cuda() for t in tab) for tab in Geometry.named("half-pixel").tables((4, 4), (H, W)))
+    ytab, xtab = (tuple(t.cuda() for t in tab[:4]) for tab in Geometry.named("half-pixel").tables((4, 4), (H, W)))
     a = TallyArgs(acts=ptr(acts), acts_dtype=0, B=1, U=2, h=4, w=4, acts_stride=i64s(*acts.stride()),
                   thresholds=ptr(thresholds), labels=ptr(labels), L=1, H=H, W=W, image_labels=None, M=0,
-                  ytab=AxisTable(*(ptr(t) for t in ytab)), xtab=AxisTable(*(ptr(t) for t in xtab)),
+                  ytab=AxisTable(*(ptr(t) for t in ytab[:4])), xtab=AxisTable(*(ptr(t) for t in xtab[:4])),
                   num_concepts=3, per_layer=0, category_of=None, num_categories=0,
                   intersection=ptr(out.intersection), active=ptr(out.active), max=ptr(out.max), touched=None)
     check(LIB, LIB.dk_tally_cuda(C.byref(a), torch.cuda.current_stream().cuda_stream))

@@ -175,10 +175,11 @@ def test_gandissect_detector_needs_iqr():
 
 
 def test_per_category_rule_breaks_ties_by_category():
-    # concepts 1 (category 1) and 2 (category 0) tie: global picks 1, per-category picks 2
+    # concepts 1 (category 1) and 2 (category 0) tie: global picks concept 1 (lowest id); the
+    # per-category rule picks a category: ND/NDL the last (1, so concept 1), "first" category 0
     cat = torch.tensor([0, 1, 0])
     labels = []
-    for convention in ("exact", "netdissect"):
+    for convention in ("exact", "netdissect", "netdissect[category_ties=first]"):
         t = dk.IoUTally(1, 3, cat, convention=convention)
         result = TallyResult(torch.tensor([[0, 5, 5]]), torch.tensor([[10]]), torch.zeros(1, 1))
         stats = LabelStats(torch.tensor([[0, 10, 10]]), torch.tensor([[True, True]]), 64)
@@ -186,7 +187,7 @@ def test_per_category_rule_breaks_ties_by_category():
         label, best = t.best()
         assert _best(t.iou()[0].tolist(), cat.tolist(), 2, t.convention) == (int(label[0]), float(best[0]))
         labels.append(int(label[0]))
-    assert labels == [1, 2]
+    assert labels == [1, 1, 2]
 
 
 def test_iqr_matches_definition():

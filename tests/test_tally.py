@@ -65,11 +65,16 @@ def both(*args, **kw):
 # ---------------------------------------------------------------------------- strategies
 @st.composite
 def geometries(draw):
-    kind = draw(st.sampled_from(["half-pixel", "align-corners", "zero-pad", "rf", "affine"]))
+    kind = draw(st.sampled_from(["half-pixel", "align-corners", "zero-pad", "rf", "affine", "grid-sample",
+                                 "grid-sample-border", "grid-conv", "pillow"]))
     if kind == "rf":
         ratio = draw(st.sampled_from([1, 2]))
         stride = ratio * draw(st.integers(1, 8))
         return Geometry.receptive_field(draw(st.integers(-12, 4)), draw(st.integers(1, 40)), stride, ratio)
+    if kind == "grid-conv":   # davidbau/dissect's conv-list mapping (scale_offset + image size)
+        so = st.tuples(st.sampled_from([4.0, 8.0, 16.0, 32.0]), st.floats(-3.0, 40.0))
+        return Geometry.grid_sample((draw(so), draw(so)), (draw(st.integers(20, 240)),) * 2,
+                                    draw(st.sampled_from(["zero", "border"])))
     if kind == "affine":
         f = st.floats(0.02, 3.0)
         o = st.floats(-5.0, 5.0)
@@ -137,6 +142,8 @@ def make_thresholds(gen, up, mode):
        per_layer=st.booleans(), with_categories=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_cpu_equals_reference(B, U, h, w, H, W, L, M, C, dtype, layout, content, geometry, tmode,
                               per_layer, with_categories, seed):
+    if geometry == "pillow":  # PIL's resize is reproduced when enlarging
+        H, W = max(H, h), max(W, w)
     gen = torch.Generator().manual_seed(seed)
     acts = make_acts(gen, B, U, h, w, dtype, layout, content)
     ytab, xtab = Geometry.named(geometry).tables((h, w), (H, W))
@@ -365,13 +372,31 @@ def test_bad_geometry_boundary():
 
 
 def test_threshold_dtypes_accepted():
-    """float64 thresholds are converted to fp32 (documented), giving the fp32 result."""
+    """float64 thresholds compare exactly with the fp32 values (value > t in float64, as
+    NetDissect-Lite compares), not after rounding t to fp32: thresholds just above and below
+    fp32 values, whose nearest fp32 is that value, split the ties the exact way."""
     kw = _good()
-    t64 = torch.rand(3, dtype=torch.float64)
-    a = _call(**dict(kw, thresholds=t64), backend="cpu")
-    b = _call(**dict(kw, thresholds=t64.float()), backend="reference")
-    assert_same(a, b)
-    assert a.active.sum() > 0
+    up = upsample(kw["acts"], *Geometry.named("half-pixel").tables(kw["acts"].shape[2:], kw["labels"].shape[2:]))
+    vals = up[0, :, 2, 3].double()                       # one upsampled value per unit
+    for t64 in (vals + vals.abs() * 1e-12, vals - vals.abs() * 1e-12, torch.rand(3, dtype=torch.float64)):
+        a = _call(**dict(kw, thresholds=t64), backend="cpu")
+        b = _call(**dict(kw, thresholds=t64), backend="reference")
+        assert_same(a, b)
+        assert torch.equal(a.active, (up.double() > t64[None, :, None, None]).sum((2, 3)))
+
+
+def test_strict_thresholds_match_the_comparison():
+    """strict_thresholds(t, compare) makes `v > t'` equal `v > t` / `v >= t` for fp32 v."""
+    from dissect_kernels.ops.tally import strict_thresholds
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(4000, generator=g)
+    t64 = torch.cat([v[:50].double(), v[50:100].double() + 1e-9, torch.randn(50, generator=g, dtype=torch.float64),
+                     torch.tensor([math.inf, -math.inf, 3e39, -3e39], dtype=torch.float64)])
+    for t in (t64, t64.float()):
+        for cmp in (">", ">="):
+            want = v.double()[:, None] > t[None, :].double() if cmp == ">" else v.double()[:, None] >= t[None, :].double()
+            got = v[:, None] > strict_thresholds(t, cmp)[None, :]
+            assert torch.equal(got, want), (t.dtype, cmp)
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,8 +3,8 @@
 // count labels under the active pixels. Work scales with the active region, not B*U*H*W.
 //
 // Results are bit-identical to the formula in tally.h: surviving pixels are computed exactly
-// as written there (fp32, same operation order, built with -ffp-contract=off), and the skips
-// only drop pixels that provably cannot satisfy v > t.
+// as written there (blend.h, in the tables' Arith mode; built with -ffp-contract=off), and
+// the skips only drop pixels that provably cannot satisfy v > t.
 //
 // The bound (why skipping is exact). Let u = 2^-24 (fp32 unit roundoff) and fl() an fp32
 // operation. For any fp32 p, q and weights w >= 0: fl(w*p) = w*p*(1+d) + e with |d| <= u and
@@ -21,6 +21,10 @@
 // taken over only the source columns a column segment reads (segment test), and with the
 // map's max M / max-abs A in place of the row values and [Sy_min, Sy_max] for wy0 + wy1
 // (whole-map test).
+// The other arithmetic modes stay inside the same 6u of slack: the grid-sample chain rounds
+// each term at most 5 times (corner weight, product, three fused adds), and the pillow passes
+// round twice to fp32 (float64 sums add ~2^-52) plus < 2u for the fp32 weights the bound uses
+// in place of the float64 ones.
 // For clamp tables (s = 1 up to ~1e-7) this is ~ M + 1e-6*|M|; with zero padding
 // (s in [0, 1]) ~ max(M, 0) + .... The bound is evaluated in double (error ~2^-53, far inside
 // the 3u slack); `tiny` = 1e-40 covers underflow. Skipping is disabled when a table holds a
@@ -33,6 +37,7 @@
 #include <limits>
 #include <vector>
 
+#include "dissect_kernels/blend.h"
 #include "dissect_kernels/convert.h"
 
 #ifdef _OPENMP
@@ -151,6 +156,8 @@ void tally_cpu(const TallyArgs& a) {
   const bool tables_ok = sx.ok && sy.ok;
   const int32_t *xi0 = a.xtab.i0, *xi1 = a.xtab.i1, *yi0 = a.ytab.i0, *yi1 = a.ytab.i1;
   const float *xw0 = a.xtab.w0, *xw1 = a.xtab.w1, *yw0 = a.ytab.w0, *yw1 = a.ytab.w1;
+  const Arith arith = check_arith(a.ytab, a.xtab, "tally_cpu");
+  const double *xd0 = a.xtab.d0, *xd1 = a.xtab.d1, *yd0 = a.ytab.d0, *yd1 = a.ytab.d1;
   const std::vector<Segment> seg = segments(a.xtab);
   const int64_t nseg = (int64_t)seg.size();
 
@@ -227,18 +234,31 @@ void tally_cpu(const TallyArgs& a) {
           if (bounded && vbound(wy0, wy1, s.seg_hi[q0], s.seg_hi[q1], s.seg_abs[q0], s.seg_abs[q1]) <= td)
             continue;
           const int64_t x0 = seg[k].x0, x1 = seg[k].x1;
-          for (int64_t q : {q0, q1}) {  // horizontal taps of this segment, once per map
-            if (s.seg_done[q]) continue;
-            const int64_t i = q / nseg;
-            const float* p = &s.src[i * a.w];
-            float* r = &s.rows[i * a.W];
-            for (int64_t x = x0; x < x1; ++x) r[x] = xw0[x] * p[xi0[x]] + xw1[x] * p[xi1[x]];
-            s.seg_done[q] = 1;
-          }
-          const float* r0 = &s.rows[i0 * a.W];
-          const float* r1 = &s.rows[i1 * a.W];
           float* v = s.v.data();
-          for (int64_t x = x0; x < x1; ++x) v[x] = wy0 * r0[x] + wy1 * r1[x];
+          if (arith == Arith::GridSample) {  // four corners at once (blend.h)
+            const float* p0 = &s.src[i0 * a.w];
+            const float* p1 = &s.src[i1 * a.w];
+            for (int64_t x = x0; x < x1; ++x)
+              v[x] = blend_corners(wy0, wy1, xw0[x], xw1[x], p0[xi0[x]], p0[xi1[x]], p1[xi0[x]], p1[xi1[x]]);
+          } else {
+            for (int64_t q : {q0, q1}) {  // horizontal taps of this segment, once per map
+              if (s.seg_done[q]) continue;
+              const int64_t i = q / nseg;
+              const float* p = &s.src[i * a.w];
+              float* r = &s.rows[i * a.W];
+              if (arith == Arith::Pillow)
+                for (int64_t x = x0; x < x1; ++x) r[x] = blend_pair_f64(xd0[x], xd1[x], p[xi0[x]], p[xi1[x]]);
+              else
+                for (int64_t x = x0; x < x1; ++x) r[x] = blend_pair(xw0[x], xw1[x], p[xi0[x]], p[xi1[x]]);
+              s.seg_done[q] = 1;
+            }
+            const float* r0 = &s.rows[i0 * a.W];
+            const float* r1 = &s.rows[i1 * a.W];
+            if (arith == Arith::Pillow)
+              for (int64_t x = x0; x < x1; ++x) v[x] = blend_pair_f64(yd0[y], yd1[y], r0[x], r1[x]);
+            else
+              for (int64_t x = x0; x < x1; ++x) v[x] = blend_pair(wy0, wy1, r0[x], r1[x]);
+          }
           for (int64_t x = x0; x < x1; ++x) {
             xs[n] = (int32_t)x;
             n += v[x] > t;

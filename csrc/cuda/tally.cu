@@ -1,14 +1,16 @@
 // CUDA tally: one block per (image, tile of up to 32 units). The tile's source maps are
 // staged in shared memory as fp32; threads walk the output pixels, interpolate every unit of
-// the tile (bit-identical to tally.h's fp32 order; built with --fmad=false), and read a
+// the tile (bit-identical to tally.h: blend.h in the tables' Arith mode, one instantiation per
+// mode), and read a
 // pixel's labels only when some unit of the tile is active there. Counter updates are rare
 // (~1% of unit-pixels) and go through warp-aggregated 64-bit atomics.
 //
 // Skipping dead units. The weights are >= 0 and each axis pair sums to <= 1 (+ rounding), so
 // an upsampled value is at most S*M with S = product of the two pair sums and M the map max.
 // If every pair sums to >= 1 - 1e-6 ("convex", clamped geometries) that is <= M + 2e-6|M|;
-// otherwise (zero padding) it is <= max(M, 0) + 2e-6|M|. fp32 rounding of the six operations
-// adds < 1e-6 of max(|M|, |m|) (m = map min) plus a few subnormal ulps, so
+// otherwise (zero padding) it is <= max(M, 0) + 2e-6|M|. Rounding (six fp32 operations; the
+// grid-sample chain's eight, five on any one tap; pillow's two fp32 roundings) adds < 1e-6 of
+// max(|M|, |m|) (m = map min) plus a few subnormal ulps, so
 //   bound = (convex ? M : max(M, 0)) + 4e-6 * max(|M|, |m|) + 1e-36
 // is a safe upper bound and a unit with bound <= threshold has no active pixel: it is skipped.
 #include <cuda_runtime.h>
@@ -22,6 +24,7 @@
 #include <cmath>
 #include <string>
 
+#include "dissect_kernels/blend.h"
 #include "dissect_kernels/convert.h"
 #include "dissect_kernels/tally.h"
 
@@ -77,9 +80,11 @@ __device__ __forceinline__ bool in_image(int c, const int32_t* img, int64_t M) {
 // memory with their strides (maps too large to stage).
 // Launch bounds: the most resident blocks per SM (register cap 65536 / (256 * n)) that leave
 // no register spills (tests/test_cuda_build.py checks ptxas -v on every default architecture):
-// sm_90 4 staged / 3 unstaged (64 / 80 registers), sm_8x 3 / 2 (80 / 128).
-template <bool kStaged>
-__global__ void __launch_bounds__(kThreads, kStaged ? kMinBlocksStaged : kMinBlocksGlobal) tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
+// sm_90 4 staged / 3 unstaged (64 / 80 registers), sm_8x 3 / 2 (80 / 128); the pillow
+// blend's float64 weights need the unstaged bound in both variants.
+template <bool kStaged, Arith kArith>
+__global__ void __launch_bounds__(kThreads, kStaged && kArith != Arith::Pillow ? kMinBlocksStaged : kMinBlocksGlobal)
+tally_kernel(const TallyArgs a, int tile, int64_t b_first) {
   extern __shared__ float s_src[];
   __shared__ float s_thr[kTile];
   __shared__ float s_max[kTile];
@@ -163,6 +168,11 @@ __global__ void __launch_bounds__(kThreads, kStaged ? kMinBlocksStaged : kMinBlo
         const int ix0 = __ldg(a.xtab.i0 + x), ix1 = __ldg(a.xtab.i1 + x);
         const float wy0 = __ldg(a.ytab.w0 + y), wy1 = __ldg(a.ytab.w1 + y);
         const float wx0 = __ldg(a.xtab.w0 + x), wx1 = __ldg(a.xtab.w1 + x);
+        double dy0 = 0, dy1 = 0, dx0 = 0, dx1 = 0;
+        if (kArith == Arith::Pillow) {
+          dy0 = __ldg(a.ytab.d0 + y); dy1 = __ldg(a.ytab.d1 + y);
+          dx0 = __ldg(a.xtab.d0 + x); dx1 = __ldg(a.xtab.d1 + x);
+        }
         int64_t o00, o01, o10, o11;
         if (kStaged) {  // shared-memory offsets fit in 32 bits (fewer registers)
           const int w = static_cast<int>(a.w);
@@ -186,9 +196,7 @@ __global__ void __launch_bounds__(kThreads, kStaged ? kMinBlocksStaged : kMinBlo
               a10 = load_as_float(a.acts, ub + o10, a.acts_dtype);
               a11 = load_as_float(a.acts, ub + o11, a.acts_dtype);
             }
-            const float r0 = wx0 * a00 + wx1 * a01;
-            const float r1 = wx0 * a10 + wx1 * a11;
-            const float v = wy0 * r0 + wy1 * r1;
+            const float v = blend_sample<kArith>(a00, a01, a10, a11, wy0, wy1, wx0, wx1, dy0, dy1, dx0, dx1);
             if (v > s_thr[u]) {
               act |= 1u << u;
               cnt[u >> 1] += 1u << ((u & 1) * 16);
@@ -284,6 +292,20 @@ struct DeviceGuard {
   }
 };
 
+// One launch of the kernel instantiated for (arith, staged).
+void launch(Arith arith, bool staged, dim3 grid, size_t smem, cudaStream_t s, const TallyArgs& a, int tile, int64_t b0) {
+  if (arith == Arith::GridSample) {
+    if (staged) tally_kernel<true, Arith::GridSample><<<grid, kThreads, smem, s>>>(a, tile, b0);
+    else tally_kernel<false, Arith::GridSample><<<grid, kThreads, 0, s>>>(a, tile, b0);
+  } else if (arith == Arith::Pillow) {
+    if (staged) tally_kernel<true, Arith::Pillow><<<grid, kThreads, smem, s>>>(a, tile, b0);
+    else tally_kernel<false, Arith::Pillow><<<grid, kThreads, 0, s>>>(a, tile, b0);
+  } else {
+    if (staged) tally_kernel<true, Arith::Separable><<<grid, kThreads, smem, s>>>(a, tile, b0);
+    else tally_kernel<false, Arith::Separable><<<grid, kThreads, 0, s>>>(a, tile, b0);
+  }
+}
+
 }  // namespace
 
 void tally_cuda(const TallyArgs& a, std::intptr_t stream) {
@@ -307,6 +329,7 @@ void tally_cuda(const TallyArgs& a, std::intptr_t stream) {
     if (device < 0 || device_of(p) != device)
       throw Error("tally_cuda: inputs and outputs must be CUDA device memory on one device");
   DeviceGuard guard(device);
+  const Arith arith = check_arith(a.ytab, a.xtab, "tally_cuda");
 
   const auto s = reinterpret_cast<cudaStream_t>(stream);
   const size_t map_bytes = static_cast<size_t>(a.h * a.w) * sizeof(float);
@@ -317,10 +340,7 @@ void tally_cuda(const TallyArgs& a, std::intptr_t stream) {
   const size_t smem = staged ? tile * map_bytes : 0;
   for (int64_t b0 = 0; b0 < a.B; b0 += 65535) {
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(65535, a.B - b0)));
-    if (staged)
-      tally_kernel<true><<<grid, kThreads, smem, s>>>(a, tile, b0);
-    else
-      tally_kernel<false><<<grid, kThreads, 0, s>>>(a, tile, b0);
+    launch(arith, staged, grid, smem, s, a, tile, b0);
     check(cudaGetLastError(), "kernel launch failed");
   }
 }

@@ -42,7 +42,9 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
     """Count, per unit and concept, the pixels where the upsampled activation exceeds the
     unit's threshold and a label layer (or an image-level label) holds the concept.
 
-    acts [B, U, h, w] float32/16/bf16 (any strides); thresholds [U]; labels [B, L, H, W] or
+    acts [B, U, h, w] float32/16/bf16 (any strides); thresholds [U] (a pixel is active when its
+    fp32 value > the threshold, compared exactly: float64 thresholds are not rounded up to
+    fp32 first, see strict_thresholds); labels [B, L, H, W] or
     [B, H, W] integer ids in [0, num_concepts), 0 = unlabelled; image_labels [B, M] or None.
     per_layer counts a pixel once per layer holding c (NetDissect), else once (any layer).
     category_of [C] (ids in [0, num_categories)) asks for the `touched` output.
@@ -76,6 +78,23 @@ def tally(acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor, *,
     return TallyResult(inter, active, amax, None if K is None else touched)
 
 
+def strict_thresholds(thresholds: torch.Tensor, compare: str = ">") -> torch.Tensor:
+    """The fp32 thresholds t' for which `value > t'` (what every kernel tests) holds exactly
+    when `value > t` (compare ">") or `value >= t` (">=") holds, for every fp32 value and the
+    given thresholds t of any float dtype: a float64 t is rounded down to fp32 (NetDissect-Lite
+    compares fp32 maps with float64 thresholds), and `>=` moves to the next fp32 below."""
+    if compare not in (">", ">="):
+        raise ValueError(f"threshold comparison must be '>' or '>=', got {compare!r}")
+    t = thresholds
+    t32 = t.float()
+    down = torch.full_like(t32, float("-inf"))
+    if t.dtype == torch.float64:
+        # largest fp32 <= t (">"), or < t (">="): one step down where rounding went up / landed on t
+        over = t32.double() > t if compare == ">" else t32.double() >= t
+        return torch.where(over, torch.nextafter(t32, down), t32)
+    return torch.nextafter(t32, down) if compare == ">=" else t32
+
+
 def _num_categories(category_of, num_categories, num_concepts) -> int | None:
     """K for the `touched` output (None without category_of); category_of.max() + 1 unless
     given (torch.compile needs it given: output shapes cannot depend on values)."""
@@ -94,7 +113,8 @@ def _num_categories(category_of, num_categories, num_concepts) -> int | None:
 
 
 def _tally_impl(acts, thresholds, labels, image_labels, category_of, num_concepts,
-                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary,
+                arithmetic, backend):
     """torch.ops.dissect_kernels.tally: value checks (they read the data, so they run here,
     inside compiled graphs too), backend choice, then one backend on fresh outputs."""
     _checks.not_nan("thresholds", thresholds)
@@ -107,10 +127,10 @@ def _tally_impl(acts, thresholds, labels, image_labels, category_of, num_concept
     device = acts.device
     name = _native.resolve(backend, device, BACKENDS)
     (B, U, h, w), (H, W) = acts.shape, labels.shape[2:]
-    ytab, xtab = device_tables(AffineMaps(scale_y, offset_y, scale_x, offset_x, boundary),
+    ytab, xtab = device_tables(AffineMaps(scale_y, offset_y, scale_x, offset_x, boundary, arithmetic),
                                (h, w), (H, W), device)
     out = TallyResult.empty(B, U, num_concepts, K if K is not None else 0, device)
-    tally_into(name, acts, thresholds.float().contiguous(), labels.to(torch.int32).contiguous(),
+    tally_into(name, acts, strict_thresholds(thresholds).contiguous(), labels.to(torch.int32).contiguous(),
                None if image_labels is None else image_labels.to(torch.int32).contiguous(),
                ytab, xtab, num_concepts, per_layer,
                None if K is None else category_of.to(torch.int32).contiguous(), K,
@@ -123,7 +143,8 @@ def _without_touched(out: TallyResult, K) -> TallyResult:
 
 
 def _tally_fake(acts, thresholds, labels, image_labels, category_of, num_concepts,
-                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+                num_categories, per_layer, scale_y, offset_y, scale_x, offset_x, boundary,
+                arithmetic, backend):
     B, U = acts.shape[:2]
     K = num_categories if category_of is not None else 0
     return (acts.new_empty((U, num_concepts), dtype=torch.int64),
@@ -134,7 +155,7 @@ def _tally_fake(acts, thresholds, labels, image_labels, category_of, num_concept
 _library.define(
     "tally(Tensor acts, Tensor thresholds, Tensor labels, Tensor? image_labels, Tensor? category_of, "
     "int num_concepts, int num_categories, bool per_layer, float scale_y, float offset_y, "
-    "float scale_x, float offset_x, str boundary, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    "float scale_x, float offset_x, str boundary, str arithmetic, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
     _tally_impl, _tally_fake)
 
 
@@ -166,7 +187,7 @@ def _native_spec(acts, thresholds, labels, image_labels, ytab, xtab, num_concept
         acts_stride=list(acts.stride()), thresholds=ptr(thresholds),
         labels=ptr(labels), L=labels.shape[1], H=labels.shape[2], W=labels.shape[3],
         image_labels=ptr(image_labels), M=0 if image_labels is None else image_labels.shape[1],
-        ytab=[ptr(t) for t in ytab], xtab=[ptr(t) for t in xtab],
+        ytab=ytab.spec(), xtab=xtab.spec(),
         C=num_concepts, per_layer=bool(per_layer),
         category_of=ptr(category_of), K=num_categories or 0,
         intersection=ptr(out.intersection), active=ptr(out.active), max=ptr(out.max),

@@ -69,28 +69,32 @@ def _out_size(out_size) -> tuple[int, int]:
     return size
 
 
-def _upsample_impl(acts, height, width, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+def _upsample_impl(acts, height, width, scale_y, offset_y, scale_x, offset_x, boundary, arithmetic,
+                   backend):
     """torch.ops.dissect_kernels.upsample: a new float32 [B, U, height, width] tensor (the
     validated wrapper above builds the arguments; torch.compile / torch.export see this op)."""
     B, U = acts.shape[:2]
     out = torch.empty(B, U, height, width, dtype=torch.float32, device=acts.device)
-    _upsample_out_impl(acts, out, scale_y, offset_y, scale_x, offset_x, boundary, backend)
+    _upsample_out_impl(acts, out, scale_y, offset_y, scale_x, offset_x, boundary, arithmetic, backend)
     return out
 
 
-def _upsample_fake(acts, height, width, scale_y, offset_y, scale_x, offset_x, boundary, backend):
+def _upsample_fake(acts, height, width, scale_y, offset_y, scale_x, offset_x, boundary, arithmetic,
+                   backend):
     return acts.new_empty((acts.shape[0], acts.shape[1], height, width), dtype=torch.float32)
 
 
-def _upsample_out_impl(acts, out, scale_y, offset_y, scale_x, offset_x, boundary, backend) -> None:
+def _upsample_out_impl(acts, out, scale_y, offset_y, scale_x, offset_x, boundary, arithmetic,
+                       backend) -> None:
     """torch.ops.dissect_kernels.upsample_out: upsample into a caller's buffer `out`."""
     name = _native.resolve(backend, acts.device, BACKENDS)
-    ytab, xtab = device_tables(AffineMaps(scale_y, offset_y, scale_x, offset_x, boundary),
+    ytab, xtab = device_tables(AffineMaps(scale_y, offset_y, scale_x, offset_x, boundary, arithmetic),
                                tuple(acts.shape[2:]), tuple(out.shape[2:]), acts.device)
     upsample_into(name, acts, ytab, xtab, out)
 
 
-_MAPS = "float scale_y, float offset_y, float scale_x, float offset_x, str boundary, str backend"
+_MAPS = ("float scale_y, float offset_y, float scale_x, float offset_x, str boundary, str arithmetic, "
+         "str backend")
 _library.define(f"upsample(Tensor acts, int height, int width, {_MAPS}) -> Tensor",
                 _upsample_impl, _upsample_fake)
 _library.define(f"upsample_out(Tensor acts, Tensor(a!) out, {_MAPS}) -> ()",
@@ -119,5 +123,5 @@ def _native_spec(acts, ytab: AxisTable, xtab: AxisTable, out) -> dict:
     B, U, h, w = acts.shape
     return dict(acts=acts.data_ptr(), acts_dtype=_DTYPE_CODE[acts.dtype], B=B, U=U, h=h, w=w,
                 acts_stride=list(acts.stride()), H=out.shape[2], W=out.shape[3],
-                ytab=[t.data_ptr() for t in ytab], xtab=[t.data_ptr() for t in xtab],
+                ytab=ytab.spec(), xtab=xtab.spec(),
                 out=out.data_ptr())

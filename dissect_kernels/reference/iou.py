@@ -30,7 +30,8 @@ def reference_counts(batches, thresholds, *, num_concepts, category_of, num_cate
                           Atot=[0] * U, tot=[0] * K, N=0)
         ytab, xtab = Geometry.named(geometry).tables(tuple(acts.shape[2:]), (H, W))
         for b in range(B):
-            mask = upsample(acts[b:b + 1], ytab, xtab)[0] > thresholds.float()[:, None, None]  # [U,H,W]
+            mask = _compare(upsample(acts[b:b + 1], ytab, xtab)[0], thresholds, conv)  # [U,H,W]
+            fired = _compare(acts[b].float().amax(dim=(1, 2)), thresholds, conv)
             planes = [labels[b, i].long() for i in range(labels.shape[1])]
             if image_labels is not None:
                 planes += [torch.full((H, W), int(m)) for m in image_labels[b] if int(m) != 0]
@@ -49,6 +50,8 @@ def reference_counts(batches, thresholds, *, num_concepts, category_of, num_cate
                     counts["I"][u][c] += int((mask[u].long() * isect_plane).sum())
                     if bool((mask[u] & anywhere).any()):
                         touched[u][cat[c]] = True
+            if conv.stale_category_flag:
+                _stale(touched, fired, labels[b], image_labels, b, cat, counts)
             for u in range(U):
                 area = int(mask[u].sum())
                 counts["Atot"][u] += area
@@ -61,6 +64,31 @@ def reference_counts(batches, thresholds, *, num_concepts, category_of, num_cate
     return counts
 
 
+def _compare(values: torch.Tensor, thresholds: torch.Tensor, conv) -> torch.Tensor:
+    """values [U, ...] against thresholds [U] in float64 with the convention's comparison."""
+    t = thresholds.double().reshape(-1, *([1] * (values.dim() - 1)))
+    return values.double() > t if conv.threshold_compare == ">" else values.double() >= t
+
+
+def _stale(touched, fired, labels_b, image_labels, b: int, cat: list[int], counts: dict) -> None:
+    """NetDissect-Lite's loop over this image's units with its leftover category vector
+    (counts["stale"]): images with pixel labels make a fresh vector per firing unit (the pixel
+    categories plus the image-level ones); images without reuse and extend the leftover."""
+    K = len(touched[0])
+    scalars = [] if image_labels is None else [int(m) for m in image_labels[b] if int(m) != 0]
+    has_pixels = bool((labels_b > 0).any())
+    state = counts.setdefault("stale", [False] * K)
+    for u in range(len(touched)):
+        if not bool(fired[u]):
+            continue
+        if has_pixels:
+            state = [touched[u][k] or any(cat[m] == k for m in scalars) for k in range(K)]
+        else:
+            state = [state[k] or any(cat[m] == k for m in scalars) for k in range(K)]
+            touched[u] = list(state)
+    counts["stale"] = state
+
+
 def reference_scores(counts: dict, *, category_of, num_categories, convention) -> dict:
     """IoU [U,C], IQR [U,C] (float64 tensors), best label / IoU [U] and detector flags [U]."""
     conv = get_convention(convention)
@@ -71,10 +99,11 @@ def reference_scores(counts: dict, *, category_of, num_categories, convention) -
     iqr = [[0.0] * C for _ in range(U)]
     for u in range(U):
         for c in range(C):
+            zero_by_zero = math.nan if conv.dead_units == "nan" else 0.0
             if conv.union == "all":
                 pa, pc, pac = Atot[u] / N, G[c] / N, I[u][c] / N
                 d = pa + pc - pac
-                iou[u][c] = pa if c == 0 else (pac / d if d != 0 else 0.0)
+                iou[u][c] = pa if c == 0 else (pac / d if d != 0 else zero_by_zero)
                 cc, t = Atot[u], N
             else:
                 cc, t = A[u][cat[c]], tot[cat[c]]
@@ -82,12 +111,13 @@ def reference_scores(counts: dict, *, category_of, num_categories, convention) -
                 if conv.epsilon:
                     iou[u][c] = I[u][c] / (d + conv.epsilon)
                 else:
-                    iou[u][c] = I[u][c] / d if d != 0 else 0.0
+                    iou[u][c] = I[u][c] / d if d != 0 else zero_by_zero
             if c > 0:
                 iqr[u][c] = _iqr(I[u][c], cc, G[c], t)
     labels, bests = [], []
+    end = max([c + 1 for c in range(C) if G[c] > 0], default=C) if conv.dead_units == "nan" else C
     for u in range(U):
-        label, best = _best(iou[u], cat, num_categories, conv)
+        label, best = _best(iou[u][:end], cat, num_categories, conv)
         labels.append(label)
         bests.append(best)
     detect = []
@@ -95,8 +125,8 @@ def reference_scores(counts: dict, *, category_of, num_categories, convention) -
         v = bests[u]
         hit = v > conv.detector_iou if conv.detector_strict else v >= conv.detector_iou
         if conv.detector_iqr is not None:
-            hit = hit and iqr[u][labels[u]] > conv.detector_iqr
-        detect.append(hit)
+            hit = hit and iqr[u][max(labels[u], 0)] > conv.detector_iqr
+        detect.append(bool(hit) and labels[u] >= 0)
     f64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     return dict(iou=f64(iou), iqr=f64(iqr), label=torch.tensor(labels, dtype=torch.int64),
                 best=f64(bests), detectors=torch.tensor(detect, dtype=torch.bool))
@@ -139,7 +169,9 @@ def _x_log(x: float, r: float) -> float:
 
 
 def _best(row: list[float], cat: list[int], K: int, conv) -> tuple[int, float]:
-    """The convention's labelling rule, with first-wins ties."""
+    """The convention's labelling rule: the best concept inside each group (lowest id among
+    equals), then the best group (first or last among equals: Convention.category_ties). A NaN
+    in the row (dead_units="nan") makes the best NaN; a best that is not > 0 means no label."""
     C = len(row)
     if conv.background_competes:
         candidates = [list(range(C))]
@@ -147,12 +179,17 @@ def _best(row: list[float], cat: list[int], K: int, conv) -> tuple[int, float]:
         candidates = [[c for c in range(1, C) if cat[c] == k] for k in range(K)]
     else:
         candidates = [list(range(1, C))]
-    label, best = 0, None
+    if any(math.isnan(row[c]) for group in candidates for c in group):
+        return -1, math.nan
+    last_wins = conv.label_rule == "per-category" and conv.category_ties == "last"
+    label, best = -1, None
     for group in candidates:           # best inside each group, then the best group
         g_label, g_best = None, None
         for c in group:
             if g_best is None or row[c] > g_best:
                 g_label, g_best = c, row[c]
-        if g_best is not None and (best is None or g_best > best):
+        if g_best is not None and (best is None or g_best > best or (last_wins and g_best == best)):
             label, best = g_label, g_best
-    return label, (0.0 if best is None else best)
+    if best is None or not best > 0:
+        return -1, 0.0
+    return label, best

@@ -26,14 +26,22 @@ Readings chosen where REFERENCE-CONVENTIONS leaves room:
 - iqr() uses the convention's activation term as GD's cc and tot = category_pixels[cat(c)]
   (total_pixels for the "all" union); column 0 is 0. Terms follow GD: each p·ln(·) NaN -> 0,
   MI and JE clamped >= 0, IQR NaN -> 0.
-- best() ties: lowest concept id (global rule); per-category rule: lowest category among equal
-  bests, lowest concept id inside it. A unit with no concepts >= 1 gets label 0, IoU 0.
+- best() ties: lowest concept id (global rule); per-category rule: lowest concept id inside a
+  category, and the first (exact) or last (ND/NDL: Convention.category_ties) category among
+  equal bests. A unit with no positive IoU (dead or constant units among them) gets no label
+  (-1), never a made-up concept: IoU 0, or NaN under dead_units="nan" (DB) where its row holds
+  0/0 (iou() then keeps those NaNs).
 - dissect: detectors() applies "best IoU > 0.04" to whatever wins best(), condition 0 included.
+- Thresholds are compared per Convention.threshold_compare / threshold_dtype (strict_thresholds).
+- stale_category_flag (NDL's bug, off by default): on an image without pixel labels a firing
+  unit's union reuses the category flags of the last firing (image, unit) that had pixel
+  labels, plus every image-level category seen since (stats/stale_flag.py). The flags carry
+  from batch to batch in dataset order, so such a tally cannot be merged across ranks.
 - Merging or loading compares sizes, category_of and the convention *name*.
 
 Reference behaviour deliberately not reproduced (data-selection quirks, not scoring rules):
-ND's cap of 2048 (count, unit, label) triples per image; NDL's stale category flag for images
-with only image-level labels; GD's label-0 category presence (above); DB's float32 means.
+ND's cap of 2048 (count, unit, label) triples per image; GD's label-0 category presence
+(above); DB's float32 means (its IoUs differ from these in the 7th digit).
 """
 from __future__ import annotations
 
@@ -43,7 +51,8 @@ from dissect_kernels.conventions import Convention, get_convention
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.ops import _checks
 from dissect_kernels.ops.label_stats import LabelStats, label_stats
-from dissect_kernels.ops.tally import TallyResult, tally
+from dissect_kernels.ops.tally import TallyResult, strict_thresholds, tally
+from dissect_kernels.stats.stale_flag import stale_touched
 
 _COUNTS = ("intersection", "truth", "activation", "active_total", "category_pixels",
            "total_pixels", "images")
@@ -74,6 +83,7 @@ class IoUTally:
         self.intersection, self.truth, self.activation = z(U, C), z(C), z(U, K)
         self.active_total, self.category_pixels = z(U), z(K)
         self.total_pixels, self.images = z(()), z(())
+        self.stale_state = torch.zeros(K, dtype=torch.bool, device=self.device)  # stale_category_flag
 
     # ---- accumulation -------------------------------------------------------------------
     def update(self, acts: torch.Tensor, thresholds: torch.Tensor, labels: torch.Tensor,
@@ -93,11 +103,17 @@ class IoUTally:
             raise ValueError(f"acts must have shape [B, {self.num_units}, h, w] for this tally, got {shape}")
         cat = self.category_of.to(acts.device)
         touched = conv.union == "touched"
+        thresholds = strict_thresholds(thresholds, conv.threshold_compare)
         result = tally(acts, thresholds, labels, num_concepts=self.num_concepts,
                        image_labels=image_labels, geometry=geometry, per_layer=conv.per_layer,
                        category_of=cat if touched else None,
                        num_categories=self.num_categories if touched else None, backend=backend)
-        self.update_counts(result, self.batch_stats(labels, image_labels) if stats is None else stats)
+        counted = result
+        if touched and conv.stale_category_flag:
+            flags, self.stale_state = stale_touched(result, thresholds, labels, image_labels, cat,
+                                                    self.num_categories, self.stale_state)
+            counted = TallyResult(result.intersection, result.active, result.max, flags)
+        self.update_counts(counted, self.batch_stats(labels, image_labels) if stats is None else stats)
         return result
 
     def batch_stats(self, labels: torch.Tensor, image_labels: torch.Tensor | None = None) -> LabelStats:
@@ -159,7 +175,8 @@ class IoUTally:
             pa = self.active_total.double()[:, None] / n
             pc, pac = G / n, I / n
             out = pac / (pa + pc - pac)
-            out = _nan_to_zero(out)
+            if conv.dead_units != "nan":
+                out = _nan_to_zero(out)
             out[:, 0] = pa[:, 0]
             return out
         # in place on one [U, C] float64 buffer: integer sums are exact in float64 (< 2^53), so
@@ -170,7 +187,7 @@ class IoUTally:
         if conv.epsilon:
             denom += conv.epsilon
         out = torch.div(self.intersection, denom, out=denom)
-        return out.masked_fill_(out.isnan(), 0.0)
+        return out if conv.dead_units == "nan" else out.masked_fill_(out.isnan(), 0.0)
 
     def iqr(self) -> torch.Tensor:
         """[U, C] float64 information-quality ratio MI/JE of the 2x2 table (GD's formula)."""
@@ -191,27 +208,38 @@ class IoUTally:
         return out
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label [U] int64, iou [U] float64): each unit's label under the convention's rule."""
+        """(label [U] int64, iou [U] float64): each unit's label under the convention's rule.
+        A unit with no positive IoU (a dead or constant unit among them) gets label -1 and IoU
+        0, or NaN under dead_units="nan" where its IoU row holds a 0/0 (as davidbau/dissect,
+        whose IoU matrix ends at the highest concept present in the data)."""
+        conv = self.convention
         scores = self.iou()
         U, C = scores.shape
-        if self.convention.background_competes:
-            value, label = scores.max(dim=1)
-            return label, value
-        if C == 1:
-            return (torch.zeros(U, dtype=torch.int64, device=scores.device),
+        first = 0 if conv.background_competes else 1
+        if C <= first:
+            return (torch.full((U,), -1, dtype=torch.int64, device=scores.device),
                     torch.zeros(U, dtype=torch.float64, device=scores.device))
-        if self.convention.label_rule == "per-category":
-            return _best_per_category(scores, self.category_of, self.num_categories)
-        value, label = scores[:, 1:].max(dim=1)
-        return label + 1, value
+        if conv.label_rule == "per-category" and not conv.background_competes:
+            label, value = _best_per_category(scores, self.category_of, self.num_categories,
+                                              last_wins=conv.category_ties == "last")
+        else:
+            present = torch.nonzero(self.truth > 0).flatten()
+            end = C if conv.dead_units != "nan" or present.numel() == 0 else int(present[-1]) + 1
+            value, label = scores[:, first:max(end, first + 1)].max(dim=1)   # NaN propagates
+            label = label + first
+        none = ~(value > 0)
+        label = torch.where(none, torch.full_like(label, -1), label)
+        keep_nan = conv.dead_units == "nan"
+        value = torch.where(none & ~(keep_nan & value.isnan()), torch.zeros_like(value), value)
+        return label, value
 
     def detectors(self) -> torch.Tensor:
         """bool [U]: units whose best label passes the convention's detector rule."""
         label, value = self.best()
         iqr = None
         if self.convention.detector_iqr is not None:
-            iqr = self.iqr().gather(1, label[:, None])[:, 0]
-        return self.convention.is_detector(value, iqr)
+            iqr = self.iqr().gather(1, label.clamp(min=0)[:, None])[:, 0]
+        return self.convention.is_detector(value, iqr) & (label >= 0)
 
     # ---- merge / state ------------------------------------------------------------------
     def _check_same(self, other_cfg: dict, what: str) -> None:
@@ -232,6 +260,11 @@ class IoUTally:
         if not isinstance(other, IoUTally):
             raise TypeError(f"can only merge another IoUTally, got {type(other).__name__}")
         self._check_same(other._config(), "merge IoUTally")
+        if self.convention.stale_category_flag and int(self.images) and int(other.images):
+            raise ValueError("cannot merge IoUTally with stale_category_flag: NetDissect-Lite's stale "
+                             "flag carries from image to image in dataset order; run one process")
+        if int(other.images) and not int(self.images):
+            self.stale_state = other.stale_state.to(self.device).clone()
         for key in _COUNTS:
             getattr(self, key).add_(getattr(other, key).to(self.device))
         return self
@@ -242,6 +275,8 @@ class IoUTally:
         state["category_of"] = self.category_of.clone()
         state["sizes"] = torch.tensor([self.num_units, self.num_concepts, self.num_categories])
         state["convention"] = torch.tensor(list(self.convention.name.encode()), dtype=torch.uint8)
+        if self.convention.stale_category_flag:
+            state["stale_state"] = self.stale_state.clone()
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -259,6 +294,8 @@ class IoUTally:
             if tuple(state[key].shape) != tuple(target.shape):
                 raise ValueError(f"IoUTally state {key!r} has shape {tuple(state[key].shape)}, expected {tuple(target.shape)}")
             target.copy_(state[key])
+        if "stale_state" in state:
+            self.stale_state = state["stale_state"].to(self.device, torch.bool).clone()
 
 
 def iqr_from_table(p: torch.Tensor) -> torch.Tensor:
@@ -279,19 +316,20 @@ def _nan_to_zero(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(t), torch.zeros_like(t), t)
 
 
-def _best_per_category(scores: torch.Tensor, category_of: torch.Tensor, K: int):
-    """ND/NDL: best concept inside each category, then the category with the highest best
-    (ties: the first category, and the lowest concept id inside it)."""
+def _best_per_category(scores: torch.Tensor, category_of: torch.Tensor, K: int, last_wins: bool):
+    """ND/NDL: best concept inside each category (the lowest concept id among equals), then
+    the category with the highest best; equal bests go to the first category, or to the last
+    with last_wins (ND/NDL). Returns (label, value); label -1 where no category has a concept."""
     U = scores.shape[0]
     value = torch.full((U,), float("-inf"), dtype=torch.float64, device=scores.device)
-    label = torch.zeros(U, dtype=torch.int64, device=scores.device)
+    label = torch.full((U,), -1, dtype=torch.int64, device=scores.device)
     ids = torch.arange(scores.shape[1], device=scores.device)
     for k in range(K):
         members = ids[(category_of == k) & (ids > 0)]
         if members.numel() == 0:
             continue
         v, i = scores[:, members].max(dim=1)
-        better = v > value
+        better = v >= value if last_wins else v > value
         value = torch.where(better, v, value)
         label = torch.where(better, members[i], label)
-    return label, torch.where(torch.isinf(value), torch.zeros_like(value), value)
+    return label, value

@@ -1,5 +1,6 @@
 """Triton tally: one program per (image, block of units) walks the output pixels in 2-D tiles,
-interpolating in tally.h's exact fp32 order (launched with enable_fp_fusion=False). Two things
+interpolating exactly as tally.h in the tables' arithmetic mode (triton/blend.py; launched with
+enable_fp_fusion=False). Two things
 keep the work and the atomics near the CUDA kernel's: a tile whose source rectangle cannot
 lift any unit of the block over its threshold is skipped (the C++ kernel's bound, per tile),
 and counter updates are aggregated per (unit, concept) over the tile before the atomic add.
@@ -12,19 +13,21 @@ import triton.language as tl
 
 from dissect_kernels.geometry import AxisTable
 from dissect_kernels.triton import launch
+from dissect_kernels.triton.blend import blend
 
 # fp fusion off: a*b + c stays two roundings, as in the oracle and the C++ kernels.
 LAUNCH_OPTIONS = dict(num_warps=8, enable_fp_fusion=False)
 
 
 @triton.jit
-def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1,
-                  cat, inter, active, amax, touched, stats,
+def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, yd0, yd1,
+                  xi0, xi1, xw0, xw1, xd0, xd1, cat, inter, active, amax, touched, stats,
                   U, C, K, w: tl.constexpr, hw: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                   HW: tl.constexpr, L: tl.constexpr, M: tl.constexpr,
                   PER_LAYER: tl.constexpr, HAS_TOUCHED: tl.constexpr, COUNT_STATS: tl.constexpr,
                   BLOCK_U: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                  BLOCK_S: tl.constexpr, RECT: tl.constexpr, MAX_GROUPS: tl.constexpr):
+                  BLOCK_S: tl.constexpr, RECT: tl.constexpr, MAX_GROUPS: tl.constexpr,
+                  ARITH: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     u = tl.program_id(1).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U).to(tl.int64)
     um = u < U
@@ -56,7 +59,8 @@ def _tally_kernel(acts, s0, s1, s2, s3, thr, lab, img, yi0, yi1, yw0, yw1, xi0, 
                     tl.atomic_add(stats + 1, (n_live == 0).to(tl.int64), sem="relaxed")
                 if n_live > 0:
                     m2 = tile_live[:, None] & pm[None, :]
-                    v = _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1)
+                    v = _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1,
+                                     yd0, yd1, xd0, xd1, ARITH)
                     act = (v > t[:, None]) & m2
                     n_act = tl.sum(act.to(tl.int64), axis=1)
                     count += n_act
@@ -123,12 +127,17 @@ def _tile_live(ubase, live, t, convex, slack, iy0, iy1, ix0, ix1, pm, s2, s3, RE
 
 
 @triton.jit
-def _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1):
-    """[units, pixels] upsampled values in tally.h's fp32 order (horizontal, then vertical)."""
+def _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0, xw1,
+                 yd0, yd1, xd0, xd1, ARITH: tl.constexpr):
+    """[units, pixels] upsampled values exactly as tally.h (blend.py, in the ARITH mode)."""
     wy0 = tl.load(yw0 + y, mask=pm, other=0.0)
     wy1 = tl.load(yw1 + y, mask=pm, other=0.0)
     wx0 = tl.load(xw0 + x, mask=pm, other=0.0)
     wx1 = tl.load(xw1 + x, mask=pm, other=0.0)
+    dy0 = tl.load(yd0 + y, mask=pm, other=0.0)
+    dy1 = tl.load(yd1 + y, mask=pm, other=0.0)
+    dx0 = tl.load(xd0 + x, mask=pm, other=0.0)
+    dx1 = tl.load(xd1 + x, mask=pm, other=0.0)
     row0 = ubase[:, None] + (iy0.to(tl.int64) * s2)[None, :]
     row1 = ubase[:, None] + (iy1.to(tl.int64) * s2)[None, :]
     col0 = (ix0.to(tl.int64) * s3)[None, :]
@@ -137,9 +146,8 @@ def _interpolate(ubase, m2, s2, s3, y, x, pm, iy0, iy1, ix0, ix1, yw0, yw1, xw0,
     a01 = tl.load(row0 + col1, mask=m2, other=0.0).to(tl.float32)
     a10 = tl.load(row1 + col0, mask=m2, other=0.0).to(tl.float32)
     a11 = tl.load(row1 + col1, mask=m2, other=0.0).to(tl.float32)
-    r0 = wx0[None, :] * a00 + wx1[None, :] * a01
-    r1 = wx0[None, :] * a10 + wx1[None, :] * a11
-    return wy0[None, :] * r0 + wy1[None, :] * r1
+    return blend(a00, a01, a10, a11, wy0[None, :], wy1[None, :], wx0[None, :], wx1[None, :],
+                 dy0[None, :], dy1[None, :], dx0[None, :], dx1[None, :], ARITH)
 
 
 @triton.jit
@@ -239,7 +247,7 @@ def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: Ax
     launch(_tally_kernel, grid,
            acts, *acts.stride(), thresholds, labels,
            image_labels if image_labels is not None else labels,
-           *ytab, *xtab,
+           *ytab.tensors, *xtab.tensors,
            category_of if category_of is not None else labels,
            out.intersection, out.active, out.max,
            out.touched if has_touched else out.active,
@@ -247,5 +255,6 @@ def tally_into(acts, thresholds, labels, image_labels, ytab: AxisTable, xtab: Ax
            U, num_concepts, num_categories or 1, w, h * w, H, W, H * W, L, M,
            PER_LAYER=bool(per_layer), HAS_TOUCHED=has_touched, COUNT_STATS=stats is not None,
            BLOCK_U=bu, TILE_H=th, TILE_W=tw, BLOCK_S=bs, RECT=8, MAX_GROUPS=max_groups,
+           ARITH=ytab.arith,
            **LAUNCH_OPTIONS,
     )

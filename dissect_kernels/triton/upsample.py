@@ -1,6 +1,6 @@
 """Triton upsample: one program per (map, block of output pixels); the four taps of each pixel
-are gathered from the tiny source map, blended in upsample.h's exact fp32 order (launched with
-enable_fp_fusion=False, so no FMA) and written as fp32."""
+are gathered from the tiny source map, blended in the tables' arithmetic mode exactly as
+upsample.h (triton/blend.py; launched with enable_fp_fusion=False) and written as fp32."""
 from __future__ import annotations
 
 import triton
@@ -8,13 +8,14 @@ import triton.language as tl
 
 from dissect_kernels.geometry import AxisTable
 from dissect_kernels.triton import launch
+from dissect_kernels.triton.blend import blend
 
 BLOCK = 1024
 
 
 @triton.jit
-def _upsample_kernel(acts, s0, s1, s2, s3, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw1, out,
-                     U, W, HW, BLOCK: tl.constexpr):
+def _upsample_kernel(acts, s0, s1, s2, s3, yi0, yi1, yw0, yw1, yd0, yd1, xi0, xi1, xw0, xw1, xd0, xd1,
+                     out, U, W, HW, BLOCK: tl.constexpr, ARITH: tl.constexpr):
     m = tl.program_id(0).to(tl.int64)       # map index b * U + u
     p = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     pm = p < HW
@@ -31,9 +32,9 @@ def _upsample_kernel(acts, s0, s1, s2, s3, yi0, yi1, yw0, yw1, xi0, xi1, xw0, xw
     a01 = tl.load(row0 + col1, mask=pm, other=0.0).to(tl.float32)
     a10 = tl.load(row1 + col0, mask=pm, other=0.0).to(tl.float32)
     a11 = tl.load(row1 + col1, mask=pm, other=0.0).to(tl.float32)
-    r0 = wx0 * a00 + wx1 * a01
-    r1 = wx0 * a10 + wx1 * a11
-    v = tl.load(yw0 + y, mask=pm, other=0.0) * r0 + tl.load(yw1 + y, mask=pm, other=0.0) * r1
+    v = blend(a00, a01, a10, a11, tl.load(yw0 + y, mask=pm, other=0.0), tl.load(yw1 + y, mask=pm, other=0.0),
+              wx0, wx1, tl.load(yd0 + y, mask=pm, other=0.0), tl.load(yd1 + y, mask=pm, other=0.0),
+              tl.load(xd0 + x, mask=pm, other=0.0), tl.load(xd1 + x, mask=pm, other=0.0), ARITH)
     tl.store(out + m * HW + p, v, mask=pm)
 
 
@@ -45,5 +46,5 @@ def upsample_into(acts, ytab: AxisTable, xtab: AxisTable, out) -> None:
     if B * U == 0 or H * W == 0:
         return
     grid = (B * U, triton.cdiv(H * W, BLOCK))
-    launch(_upsample_kernel, grid, acts, *acts.stride(), *ytab, *xtab, out, U, W, H * W,
-           BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+    launch(_upsample_kernel, grid, acts, *acts.stride(), *ytab.tensors, *xtab.tensors, out, U, W, H * W,
+           BLOCK=BLOCK, ARITH=ytab.arith, num_warps=4, enable_fp_fusion=False)
