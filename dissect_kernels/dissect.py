@@ -28,7 +28,7 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
             rotation: int | None = None, top_k: int | None = None, quantile_mode: str = "auto",
             num_workers: int | None = None, report: bool = True, checkpoint_interval: float = 120.0,
             resume: bool = True, thresholds=None, cache_bytes: int | None = None,
-            strict: bool = False) -> DissectionResult:
+            strict: bool = False, memory_budget: int | None = None) -> DissectionResult:
     """Dissect `layers` of `model` on a Broden-format `dataset` (see BrodenDataset).
 
     `layers`: module names or dk.LayerSpecs (token, NHWC and sequence-first layouts, a tensor
@@ -43,7 +43,10 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     the quantile pass is skipped and summary.json records where they came from. cache_bytes
     bounds the activation cache that lets pass 2 skip the images and the model (None: a
     quarter of memory, at most 8 GiB; 0: off); results are the same either way. strict=True
-    stops at the first unreadable sample instead of skipping and counting it."""
+    stops at the first unreadable sample instead of skipping and counting it. memory_budget
+    (bytes): quantiles stay exact only where they fit, the activation cache gets what is left,
+    and a run that cannot fit is refused before the first pass (the estimate is printed and kept
+    in summary.json either way)."""
     plan = make_plan(model, layers, dataset, convention=convention, quantile=quantile, geometry=geometry,
                      receptive_fields=receptive_fields, top_k=top_k, quantile_mode=quantile_mode,
                      backend=backend, device=device, exemplars=out_dir is not None and report,
@@ -51,6 +54,7 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     source = DatasetSource(dataset, batch_size=batch_size, num_workers=num_workers,
                            drop_categories=plan.conv.excluded_categories, strict=strict,
                            pin_memory=plan.device.type == "cuda")
+    cache_bytes = _size_up(plan, model, source, memory_budget, cache_bytes, progress)
     ckpt = None
     if out_dir is not None:
         from dissect_kernels.io import ensure_dir
@@ -69,6 +73,25 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
                       progress=progress, checkpoint=ckpt, cache_bytes=cache_bytes,
                       finish=lambda output: build_result(plan, output),
                       write=write if out_dir is not None else None)
+
+
+def _size_up(plan: Plan, model, source, budget, cache_bytes, progress: bool):
+    """Probe one sample, estimate the run's memory (and refuse what cannot fit); returns the
+    activation cache's budget."""
+    from dissect_kernels.engine.cache import default_max_bytes
+    from dissect_kernels.engine.memory import gib, probe_shapes
+    est = plan.size_up(probe_shapes(model.to(plan.device).eval(), source, plan.views, plan.device), budget)
+    if cache_bytes is None:
+        left = None if budget is None else budget - est["quantiles"] - est["counts"]
+        cache_bytes = default_max_bytes() if left is None else max(0, min(left, default_max_bytes()))
+    if est["cache"] > cache_bytes:
+        est["cache"] = 0                                   # will not fit: pass 2 runs the model
+    if progress:
+        from tqdm.auto import tqdm
+        tqdm.write(f"memory: quantiles {gib(est['quantiles'])} ({', '.join(f'{k} {m}' for k, m in est['modes'].items())}), "
+                   f"IoU counts and results {gib(est['counts'])}, activation cache {gib(est['cache'])}"
+                   + ("" if budget is None else f"; budget {gib(budget)}"))
+    return cache_bytes
 
 
 def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
@@ -102,7 +125,8 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
                  "skipped_samples": {str(i): m for i, m in unreadable.items()}},
         parameters={"quantile": plan.q, "top_k": plan.k, "backend": plan.backend,
                     "quantile_mode": plan.quantile_mode, "device": str(plan.device),
-                    "thresholds": plan.threshold_source},
+                    "thresholds": plan.threshold_source,
+                    "memory_estimate": {k: v for k, v in plan.estimate.items()}},
         skipped=sum(reasons.values()), skip_reasons=reasons,
         timing={**output.timing, "total": sum(output.timing.values()),
                 **{f"stage {STAGES.get(k, k)}": v for k, v in output.stages.items()}})

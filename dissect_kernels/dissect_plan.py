@@ -17,7 +17,6 @@ from dissect_kernels.engine.layers import as_specs
 from dissect_kernels.engine.layer_stats import (ExemplarMaps, ExemplarMasks, LayerQuantiles, LayerTally,
                                                 LayerTopK)
 from dissect_kernels.geometry import Geometry
-from dissect_kernels.receptive_field import plan_receptive_fields
 from dissect_kernels.rotation import Rotation
 
 
@@ -41,7 +40,37 @@ class Plan:
     given: dict | None = None                       # view name -> fixed thresholds [U]
     threshold_source: str = "quantile pass"         # where the thresholds came from
     specs: list = field(default_factory=list)       # the LayerSpecs the views read
-    image_hw: tuple | None = None                   # input image size (receptive-field ratio)
+    max_bytes: dict = field(default_factory=dict)   # view name -> quantile state budget
+    estimate: dict = field(default_factory=dict)    # what size_up found (bytes)
+
+    def size_up(self, shapes: dict, budget: int | None) -> dict:
+        """Estimate the run's memory from the probed view shapes {view: (U, h, w, itemsize)} and,
+        under a budget, give each view's quantiles exact mode only where it fits (else the
+        sketch); a run that cannot fit is refused now. Returns the estimate (bytes)."""
+        from dissect_kernels.engine.memory import RESULT_FACTOR, exact_bytes, gib, sketch_bytes
+        ds, q_min, n = self.dataset, min(self.q, 0.99), len(self.dataset)
+        label = getattr(ds, "label_size", None)
+        label = (label, label) if isinstance(label, int) else label
+        upsampled = self.conv.quantile_population == "upsampled" and label is not None
+        share = None if budget is None else budget // 2 // max(1, len(shapes))
+        est = {"quantiles": 0, "counts": 0, "cache": 0, "modes": {}}
+        for name, (U, h, w, itemsize) in shapes.items():
+            count = n * (label[0] * label[1] if upsampled else h * w)
+            exact, sketch = exact_bytes(U, count, q_min), sketch_bytes(U, q_min)
+            mode = "given" if self.given is not None else self.quantile_mode if self.quantile_mode != "auto" \
+                else "exact" if exact <= (share if share is not None else 2 << 30) else "sketch"
+            self.max_bytes[name] = max(exact, share or 0) if mode == "exact" else (share or 2 << 30)
+            est["modes"][name] = mode
+            est["quantiles"] += {"exact": exact, "sketch": sketch}.get(mode, 0)
+            est["counts"] += U * int(ds.num_concepts) * 8 * RESULT_FACTOR
+            est["cache"] += n * U * h * w * (4 if name in self.rotated else itemsize)
+        need = est["quantiles"] + est["counts"]
+        if budget is not None and need > budget:
+            raise ValueError(f"this run needs about {gib(need)} (quantiles {gib(est['quantiles'])}, IoU counts "
+                             f"and results {gib(est['counts'])}), over the memory budget of {gib(budget)}: "
+                             "raise the budget, use quantile_mode='sketch', or dissect fewer layers at once")
+        self.estimate = est
+        return est
 
     def key(self) -> dict:
         """What of the plan decides the results (for the checkpoint key)."""
@@ -61,10 +90,8 @@ class Plan:
                 raise ValueError(
                     f"convention {self.conv.name!r} upsamples through receptive-field centres: "
                     f"pass receptive_fields={{{module!r}: (offset, size, stride)}} or geometry=")
-            fy, fx = self.receptive_fields[module]          # field maps in image pixels
-            ratio = tuple(max(1, round(i / d)) for i, d in zip(self.image_hw or dst, dst))
-            return Geometry.receptive_field((fy.offset, fx.offset), (fy.size, fx.size),
-                                            (fy.stride, fx.stride), ratio)
+            offset, size, stride = self.receptive_fields[module]
+            return Geometry.receptive_field(offset, size, stride, ratio=max(1, round(dst[0] / src[0])))
         return pick
 
     def passes(self) -> list[Pass]:
@@ -91,7 +118,7 @@ class Plan:
         for v in self.views:
             accs[f"{v.name}/threshold"] = LayerQuantiles(
                 v.name, self.q, samples=len(self.dataset), mode=self.quantile_mode,
-                min_quantile=min(self.q, 0.99), device=self.device, convention=self.conv,
+                min_quantile=min(self.q, 0.99), device=self.device, max_bytes=self.max_bytes.get(v.name),
                 upsample=self.geometry_for(v.module) if upsampled else None)
             accs[f"{v.name}/topk"] = LayerTopK(v.name, self.k, device=self.device)
         return accs
@@ -131,7 +158,7 @@ class Plan:
         for v in self.views:
             maps = found[f"{v.name}/maps"]
             out[f"{v.name}/masks"] = {"keys": maps["keys"], "masks": ExemplarMasks(
-                maps, self.thresholds(v.name, results), self.geometry_for(v.module), self.conv.threshold_compare)}
+                maps, self.thresholds(v.name, results), self.geometry_for(v.module))}
         return out
 
 
@@ -154,15 +181,11 @@ def make_plan(model, layers, dataset, *, convention, quantile, geometry, recepti
     views += [LayerView.of(s, name, Rotation(rotation)) for s, name in zip(specs, rotated)]
     source = "quantile pass" if thresholds is None else \
         str(thresholds) if isinstance(thresholds, (str, Path)) else "given (thresholds=)"
-    image_hw = None
-    if conv.geometry == "receptive-field" and geometry is None:   # fields traced from the model
-        receptive_fields, image_hw = plan_receptive_fields(model, [v.module for v in views], dataset,
-                                                           receptive_fields)
     return Plan(conv, q, views, dataset, geometry, receptive_fields, top_k or conv.top_images,
                 quantile_mode, backend, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
                 exemplars=exemplars, model_name=type(model).__name__, rotated=rotated, batch_size=batch_size,
                 given=None if thresholds is None else given_thresholds(thresholds, views),
-                threshold_source=source, specs=specs, image_hw=image_hw)
+                threshold_source=source, specs=specs)
 
 
 def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
@@ -177,15 +200,8 @@ def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
     missing = [v.name for v in views if v.name not in thresholds]
     if missing:
         raise ValueError(f"thresholds has no entry for layers {missing} (it has {sorted(thresholds)})")
-    out = {v.name: _as_thresholds(thresholds[v.name]) for v in views}
+    out = {v.name: torch.as_tensor(thresholds[v.name]).float().cpu() for v in views}
     bad = {name: tuple(t.shape) for name, t in out.items() if t.dim() != 1}
     if bad:
         raise ValueError(f"thresholds must be one value per unit [U]; got shapes {bad}")
     return out
-
-
-def _as_thresholds(t) -> torch.Tensor:
-    """A given threshold vector on the CPU: float64 stays float64 (compared exactly, as
-    NetDissect-Lite compares its float64 thresholds), anything else becomes float32."""
-    t = torch.as_tensor(t).cpu()
-    return t if t.dtype == torch.float64 else t.float()

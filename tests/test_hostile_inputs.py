@@ -164,7 +164,7 @@ def test_changed_images_under_an_unchanged_index_start_over(broden, tmp_path):
     data = BrodenDataset(broden)
     calls[0] = 0
     resumed = dk.dissect(model, LAYERS, data, out_dir=out, report=False, cache_bytes=0, **KW)
-    assert calls[0] == 2 * 3                           # both passes from the start: 3 batches each
+    assert calls[0] == 2 * 3 + 1                       # the probe, then both passes from the start
     same(dk.dissect(load_default_model(), LAYERS, data, **KW), resumed)
 
 

@@ -122,6 +122,21 @@ def add_run_args(p, data: bool = True) -> None:
                             "and counting it")
 
 
+def parse_bytes(text: str) -> int:
+    """'4G', '512M', '2.5GiB', '1000000' -> bytes (argparse type)."""
+    import argparse
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4G, 512M or 1000000, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return value
+
+
 def check_device(value: str | None) -> None:
     """A --device that cannot work here fails with one line (not a CUDA traceback)."""
     import torch

@@ -9,7 +9,7 @@ from pathlib import Path
 from dissect_kernels.io.lock import locked
 
 from dissect_kernels.cli.common import (DEFAULT_SYNTHETIC_IMAGES, add_input_args, add_run_args, check_device,
-                                       load_model, load_weights, one_line, open_dataset, prepare_out)
+                                       load_model, load_weights, one_line, open_dataset, parse_bytes, prepare_out)
 
 DEFAULT_OUT = "dissect_results"
 
@@ -56,6 +56,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="image-decoding worker processes (default: one less than the cores, at most 4)")
     add_input_args(d)
     add_run_args(d)
+    d.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="memory the run may use, e.g. 8G: quantiles stay exact only where they fit, the "
+                        "activation cache gets the rest, and a run that cannot fit stops before it starts "
+                        "(default: no limit; the estimate is printed either way)")
     d.add_argument("--seed", type=int, default=1,
                    help="seed of the synthetic dataset (default 1: images the default model "
                         "never saw in training, which used seed 0)")
@@ -149,7 +153,8 @@ def _run(args, model, names, thresholds, out_dir: Path):
     return dk.dissect(model, names, dataset, thresholds=thresholds, resume=not args.fresh, strict=args.strict,
                       convention=args.convention, quantile=args.quantile, batch_size=args.batch_size,
                       device=args.device, out_dir=out_dir, progress=not args.quiet, backend=args.backend,
-                      rotation=args.rotation, top_k=args.top_k, num_workers=args.num_workers)
+                      rotation=args.rotation, top_k=args.top_k, num_workers=args.num_workers,
+                      memory_budget=args.memory_budget)
 
 
 def _print_summary(result, out_dir: Path) -> None:

@@ -11,11 +11,10 @@ from typing import Callable
 import torch
 
 from dissect_kernels.geometry import Geometry
-from dissect_kernels.ops.tally import strict_thresholds
 from dissect_kernels.ops.upsample import upsample as upsample_op
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.level_counts import LevelCounts
-from dissect_kernels.stats.quantile import QuantileSketch
+from dissect_kernels.stats.quantile import DEFAULT_MAX_BYTES, QuantileSketch
 from dissect_kernels.stats.topk import TopK
 
 GeometryFor = Callable[[tuple[int, int], tuple[int, int]], Geometry]
@@ -37,9 +36,9 @@ class LayerQuantiles:
     (in the whole dataset) sizes the exact mode: samples x positions per sample."""
 
     def __init__(self, layer: str, q, *, samples: int, mode: str = "auto", min_quantile: float = 0.99,
-                 upsample: GeometryFor | None = None, device=None, convention=None):
+                 upsample: GeometryFor | None = None, device=None, max_bytes: int | None = None):
         self.layers, self.q, self.samples = (layer,), q, int(samples)
-        self.convention = convention     # its quantile readout and threshold dtype (None: linear, fp32)
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
         self.mode, self.min_quantile, self.upsample, self.device = mode, min_quantile, upsample, device
         self.needs_labels = upsample is not None          # upsampled to the labels' size
         self.sketch: QuantileSketch | None = None
@@ -48,7 +47,8 @@ class LayerQuantiles:
     def _make(self, units: int, per_sample: int) -> None:
         self.sizes = [units, per_sample]
         self.sketch = QuantileSketch(units, mode=self.mode, min_quantile=self.min_quantile,
-                                     expected_count=self.samples * per_sample, device=self.device)
+                                     expected_count=self.samples * per_sample, device=self.device,
+                                     max_bytes=self.max_bytes)
 
     def update(self, step) -> None:
         a = step.acts[self.layers[0]]
@@ -76,17 +76,11 @@ class LayerQuantiles:
         self.sketch.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("sketch.")})
 
     def finalize(self) -> torch.Tensor:
-        """[U] float32 (float64 where the convention keeps float64 thresholds) for a scalar q,
-        [U, len(q)] for a list; read out the convention's way (Convention.quantile_readout)."""
+        """[U] float32 for a scalar q, [U, len(q)] for a list."""
         if self.sketch is None:
             raise ValueError(f"layer {self.layers[0]!r}: no samples reached the quantiles "
                              "(every sample was skipped)")
-        conv, n = self.convention, self.sketch.count
-        q = self.q if conv is None else (
-            [conv.readout_probability(float(p), n) for p in self.q] if isinstance(self.q, (list, tuple))
-            else conv.readout_probability(float(self.q), n))
-        t = self.sketch.quantile(q)
-        return t.double() if conv is not None and conv.threshold_dtype == "float64" else t.float()
+        return self.sketch.quantile(self.q).float()
 
 
 class LayerTopK:
@@ -266,12 +260,9 @@ class ExemplarMasks:
     demand (dk.upsample: the maps the tally thresholded), so a report of many units never
     holds every mask at once."""
 
-    def __init__(self, found: dict[str, torch.Tensor], thresholds: torch.Tensor, geometry_for: GeometryFor,
-                 compare: str = ">"):
+    def __init__(self, found: dict[str, torch.Tensor], thresholds: torch.Tensor, geometry_for: GeometryFor):
         self.keys, self.maps, self.size = found["keys"], found["maps"], tuple(found["size"].tolist())
-        # the fp32 thresholds the tally compared with (float64 ones compared exactly)
-        self.thresholds = strict_thresholds(thresholds.cpu(), compare)
-        self.geometry_for = geometry_for
+        self.thresholds, self.geometry_for = thresholds.float().cpu(), geometry_for
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])

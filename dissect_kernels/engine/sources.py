@@ -76,6 +76,16 @@ class DatasetSource:
             data = {} if b.labels is None else {"labels": b.labels, "image_labels": b.image_labels}
             yield Batch(b.images, b.indices, data, self._normalize if uint8 else None)
 
+    def probe(self, tries: int = 16) -> Batch:
+        """One readable sample (decoded in this process) to learn the layers' shapes from."""
+        first = DatasetSource(Subset(self.dataset, range(min(tries, len(self.dataset)))), meta=self.meta,
+                              batch_size=1, num_workers=0)
+        batch = next((b for b in first.batches(0, fields=("image",)) if b is not None), None)
+        if batch is None:
+            raise ValueError(f"none of the first {tries} samples can be read (the first: "
+                             f"{next(iter(first.loader.skipped.values()), 'none')})")
+        return batch
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> (x / 255 - mean) / std, the dataset's own transform, batched
         (elementwise, so the same bits as per image)."""
