@@ -28,7 +28,6 @@ STYLE = {
     "text.parse_math": False,                 # concept names may hold '$': show it as text
     "svg.fonttype": "none", "svg.hashsalt": "dissect_kernels",
 }
-PALETTE = SERIES   # kept for callers of the former name
 
 
 def styled(fn):
@@ -61,7 +60,7 @@ def grouped_bar(groups: Sequence[tuple[str, Sequence[tuple[str, float]]]], *, yl
     groups = [(g, list(bars)) for g, bars in groups if len(bars)]
     n = sum(len(bars) for _, bars in groups) + max(len(groups) - 1, 0)
     longest = max((len(str(name)) for _, bars in groups for name, _ in bars), default=1)
-    bottom_in = 0.35 + 0.075 * min(longest, 32)
+    bottom_in = 0.3 + 0.065 * min(longest, 32)
     width = max(4.0, 1.2 + LABEL_PITCH_IN * n)
     fig = new_figure(width, height_in + bottom_in)
     W, H = fig.get_size_inches()
@@ -90,7 +89,7 @@ def series_bar(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float
     """Side-by-side bars per label, one colour per series: series = [(name, values per label)]."""
     k = max(len(series), 1)
     longest = max((len(str(s)) for s in labels), default=1)
-    bottom_in = 0.35 + 0.075 * min(longest, 32)
+    bottom_in = 0.3 + 0.065 * min(longest, 32)
     width = max(4.0, 1.2 + max(LABEL_PITCH_IN, 0.09 * k + 0.06) * len(labels))
     fig = new_figure(width, height_in + bottom_in)
     W, H = fig.get_size_inches()
@@ -113,7 +112,7 @@ def ranked_bar(bars: Sequence[tuple[str, float, str]], *, ylabel: str = "", titl
     """Bars in the given order, each coloured by its category: bars = [(label, value, category)];
     one legend entry per category present."""
     longest = max((len(str(b[0])) for b in bars), default=1)
-    bottom_in = 0.35 + 0.075 * min(longest, 32)
+    bottom_in = 0.3 + 0.065 * min(longest, 32)
     fig = new_figure(max(4.0, 1.2 + LABEL_PITCH_IN * len(bars)), height_in + bottom_in)
     W, H = fig.get_size_inches()
     fig.subplots_adjust(left=0.8 / W, right=1 - 0.2 / W, bottom=bottom_in / H, top=1 - 0.75 / H)

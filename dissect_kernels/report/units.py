@@ -5,6 +5,7 @@ page (layer-<name>.html): a layer of a real network has hundreds of units with t
 and one page per layer keeps each page quick to open and its table the only one on it."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dissect_kernels.conventions import CONVENTIONS
@@ -47,7 +48,8 @@ def median_magnitude(values) -> float:
 def unit_table(folder: Path, lr: LayerResult, unit_base: int) -> str:
     """Every unit, highest IoU first (ties by unit): one <tbody> per unit holding its numbers and,
     on a second row, its exemplar strip, so that sorting moves both together."""
-    rows = sorted(unit_rows(lr, unit_base), key=lambda r: (-r["iou"], r["unit"]))
+    rows = sorted(unit_rows(lr, unit_base), key=lambda r: (-r["iou"] if r["iou"] == r["iou"] else math.inf,
+                                                           r["unit"]))     # NaN IoU last
     with_iqr = lr.iqr is not None
     thr_dec = decimals_for([median_magnitude([r["threshold"] for r in rows])])
     heads = [("unit", "ascending"), ("label", "ascending"), ("category", "ascending"),
