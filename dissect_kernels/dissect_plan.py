@@ -17,6 +17,7 @@ from dissect_kernels.engine.layers import as_specs
 from dissect_kernels.engine.layer_stats import (ExemplarMaps, ExemplarMasks, LayerQuantiles, LayerTally,
                                                 LayerTopK)
 from dissect_kernels.geometry import Geometry
+from dissect_kernels.receptive_field import plan_receptive_fields
 from dissect_kernels.rotation import Rotation
 
 
@@ -40,6 +41,7 @@ class Plan:
     given: dict | None = None                       # view name -> fixed thresholds [U]
     threshold_source: str = "quantile pass"         # where the thresholds came from
     specs: list = field(default_factory=list)       # the LayerSpecs the views read
+    image_hw: tuple | None = None                   # input image size (receptive-field ratio)
     max_bytes: dict = field(default_factory=dict)   # view name -> quantile state budget
     estimate: dict = field(default_factory=dict)    # what size_up found (bytes)
 
@@ -90,8 +92,10 @@ class Plan:
                 raise ValueError(
                     f"convention {self.conv.name!r} upsamples through receptive-field centres: "
                     f"pass receptive_fields={{{module!r}: (offset, size, stride)}} or geometry=")
-            offset, size, stride = self.receptive_fields[module]
-            return Geometry.receptive_field(offset, size, stride, ratio=max(1, round(dst[0] / src[0])))
+            fy, fx = self.receptive_fields[module]          # field maps in image pixels
+            ratio = tuple(max(1, round(i / d)) for i, d in zip(self.image_hw or dst, dst))
+            return Geometry.receptive_field((fy.offset, fx.offset), (fy.size, fx.size),
+                                            (fy.stride, fx.stride), ratio)
         return pick
 
     def passes(self) -> list[Pass]:
@@ -119,6 +123,7 @@ class Plan:
             accs[f"{v.name}/threshold"] = LayerQuantiles(
                 v.name, self.q, samples=len(self.dataset), mode=self.quantile_mode,
                 min_quantile=min(self.q, 0.99), device=self.device, max_bytes=self.max_bytes.get(v.name),
+                convention=self.conv,
                 upsample=self.geometry_for(v.module) if upsampled else None)
             accs[f"{v.name}/topk"] = LayerTopK(v.name, self.k, device=self.device)
         return accs
@@ -158,7 +163,7 @@ class Plan:
         for v in self.views:
             maps = found[f"{v.name}/maps"]
             out[f"{v.name}/masks"] = {"keys": maps["keys"], "masks": ExemplarMasks(
-                maps, self.thresholds(v.name, results), self.geometry_for(v.module))}
+                maps, self.thresholds(v.name, results), self.geometry_for(v.module), self.conv.threshold_compare)}
         return out
 
 
@@ -181,11 +186,15 @@ def make_plan(model, layers, dataset, *, convention, quantile, geometry, recepti
     views += [LayerView.of(s, name, Rotation(rotation)) for s, name in zip(specs, rotated)]
     source = "quantile pass" if thresholds is None else \
         str(thresholds) if isinstance(thresholds, (str, Path)) else "given (thresholds=)"
+    image_hw = None
+    if conv.geometry == "receptive-field" and geometry is None:   # fields traced from the model
+        receptive_fields, image_hw = plan_receptive_fields(model, [v.module for v in views], dataset,
+                                                           receptive_fields)
     return Plan(conv, q, views, dataset, geometry, receptive_fields, top_k or conv.top_images,
                 quantile_mode, backend, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")),
                 exemplars=exemplars, model_name=type(model).__name__, rotated=rotated, batch_size=batch_size,
                 given=None if thresholds is None else given_thresholds(thresholds, views),
-                threshold_source=source, specs=specs)
+                threshold_source=source, specs=specs, image_hw=image_hw)
 
 
 def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
@@ -200,8 +209,15 @@ def given_thresholds(thresholds, views) -> dict[str, torch.Tensor]:
     missing = [v.name for v in views if v.name not in thresholds]
     if missing:
         raise ValueError(f"thresholds has no entry for layers {missing} (it has {sorted(thresholds)})")
-    out = {v.name: torch.as_tensor(thresholds[v.name]).float().cpu() for v in views}
+    out = {v.name: _as_thresholds(thresholds[v.name]) for v in views}
     bad = {name: tuple(t.shape) for name, t in out.items() if t.dim() != 1}
     if bad:
         raise ValueError(f"thresholds must be one value per unit [U]; got shapes {bad}")
     return out
+
+
+def _as_thresholds(t) -> torch.Tensor:
+    """A given threshold vector on the CPU: float64 stays float64 (compared exactly, as
+    NetDissect-Lite compares its float64 thresholds), anything else becomes float32."""
+    t = torch.as_tensor(t).cpu()
+    return t if t.dtype == torch.float64 else t.float()

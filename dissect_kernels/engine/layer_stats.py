@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from dissect_kernels.geometry import Geometry
+from dissect_kernels.ops.tally import strict_thresholds
 from dissect_kernels.ops.upsample import upsample as upsample_op
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.level_counts import LevelCounts
@@ -36,9 +37,11 @@ class LayerQuantiles:
     (in the whole dataset) sizes the exact mode: samples x positions per sample."""
 
     def __init__(self, layer: str, q, *, samples: int, mode: str = "auto", min_quantile: float = 0.99,
-                 upsample: GeometryFor | None = None, device=None, max_bytes: int | None = None):
+                 upsample: GeometryFor | None = None, device=None, convention=None,
+                 max_bytes: int | None = None):
         self.layers, self.q, self.samples = (layer,), q, int(samples)
         self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else int(max_bytes)
+        self.convention = convention     # its quantile readout and threshold dtype (None: linear, fp32)
         self.mode, self.min_quantile, self.upsample, self.device = mode, min_quantile, upsample, device
         self.needs_labels = upsample is not None          # upsampled to the labels' size
         self.sketch: QuantileSketch | None = None
@@ -76,11 +79,17 @@ class LayerQuantiles:
         self.sketch.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("sketch.")})
 
     def finalize(self) -> torch.Tensor:
-        """[U] float32 for a scalar q, [U, len(q)] for a list."""
+        """[U] float32 (float64 where the convention keeps float64 thresholds) for a scalar q,
+        [U, len(q)] for a list; read out the convention's way (Convention.quantile_readout)."""
         if self.sketch is None:
             raise ValueError(f"layer {self.layers[0]!r}: no samples reached the quantiles "
                              "(every sample was skipped)")
-        return self.sketch.quantile(self.q).float()
+        conv, n = self.convention, self.sketch.count
+        q = self.q if conv is None else (
+            [conv.readout_probability(float(p), n) for p in self.q] if isinstance(self.q, (list, tuple))
+            else conv.readout_probability(float(self.q), n))
+        t = self.sketch.quantile(q)
+        return t.double() if conv is not None and conv.threshold_dtype == "float64" else t.float()
 
 
 class LayerTopK:
@@ -260,9 +269,12 @@ class ExemplarMasks:
     demand (dk.upsample: the maps the tally thresholded), so a report of many units never
     holds every mask at once."""
 
-    def __init__(self, found: dict[str, torch.Tensor], thresholds: torch.Tensor, geometry_for: GeometryFor):
+    def __init__(self, found: dict[str, torch.Tensor], thresholds: torch.Tensor, geometry_for: GeometryFor,
+                 compare: str = ">"):
         self.keys, self.maps, self.size = found["keys"], found["maps"], tuple(found["size"].tolist())
-        self.thresholds, self.geometry_for = thresholds.float().cpu(), geometry_for
+        # the fp32 thresholds the tally compared with (float64 ones compared exactly)
+        self.thresholds = strict_thresholds(thresholds.cpu(), compare)
+        self.geometry_for = geometry_for
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
