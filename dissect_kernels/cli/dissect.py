@@ -38,7 +38,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         f"write N synthetic images (default: synthetic, N={DEFAULT_SYNTHETIC_IMAGES})")
     d.add_argument("--convention", default="exact",
                    help="exact (default), netdissect, netdissect-lite, dissect or gandissect: "
-                        "which tool's thresholds, upsampling, union and detector rules to follow")
+                        "which tool's thresholds, upsampling, union and detector rules to follow; "
+                        "change single rules in brackets, e.g. 'netdissect-lite[stale_category_flag=true]' "
+                        "(docs/conventions.md)")
+    d.add_argument("--receptive-fields", metavar="LAYER:OFFSET,SIZE,STRIDE[;...]",
+                   help="receptive field of a layer in image pixels for --convention netdissect (first "
+                        "pixel of cell 0, width, step; six numbers for y then x); by default traced "
+                        "from the model's convolutions and pools")
     d.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
     d.add_argument("--thresholds", metavar="PATH",
                    help="fixed per-unit thresholds instead of the quantile pass: a results folder "
@@ -108,9 +114,13 @@ def _model_and_layers(args):
 
 
 def _check_numbers(args) -> None:
-    from dissect_kernels.conventions import CONVENTIONS
-    if args.convention not in CONVENTIONS:
-        raise SystemExit(f"--convention {args.convention!r} is not one of {sorted(CONVENTIONS)}")
+    from dissect_kernels.conventions import get_convention
+    from dissect_kernels.receptive_field import parse_receptive_fields
+    try:
+        get_convention(args.convention)
+        args.receptive_fields = parse_receptive_fields(args.receptive_fields or "") or None
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--convention/--receptive-fields: {one_line(err)}") from None
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--top-k", args.top_k, 1),
                              ("--max-images", args.max_images, 1), ("--num-workers", args.num_workers, 0)):
         if value is not None and value < low:
@@ -151,7 +161,8 @@ def _run(args, model, names, thresholds, out_dir: Path):
     dataset = open_dataset(args.dataset, out_dir, args.seed, args.max_images, image_size=args.image_size,
                            normalize=args.normalize, strict=args.strict)
     return dk.dissect(model, names, dataset, thresholds=thresholds, resume=not args.fresh, strict=args.strict,
-                      convention=args.convention, quantile=args.quantile, batch_size=args.batch_size,
+                      convention=args.convention, receptive_fields=args.receptive_fields,
+                      quantile=args.quantile, batch_size=args.batch_size,
                       device=args.device, out_dir=out_dir, progress=not args.quiet, backend=args.backend,
                       rotation=args.rotation, top_k=args.top_k, num_workers=args.num_workers,
                       memory_budget=args.memory_budget)
