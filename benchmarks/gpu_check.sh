@@ -32,7 +32,7 @@ while (($#)); do
   shift
 done
 
-OUT=${OUT:-$ROOT/build/gpu_check}
+export OUT=${OUT:-$ROOT/build/gpu_check}     # exported: the steps append to $OUT/bench.jsonl
 mkdir -p "$OUT"
 DEADLINE=${GPU_CHECK_DEADLINE:-$((DRY ? 90 : 470))}
 PY=${PYTHON:-python3}

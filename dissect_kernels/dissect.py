@@ -54,15 +54,14 @@ def dissect(model: torch.nn.Module, layers: "str | LayerSpec | Iterable[str | La
     source = DatasetSource(dataset, batch_size=batch_size, num_workers=num_workers,
                            drop_categories=plan.conv.excluded_categories, strict=strict,
                            pin_memory=plan.device.type == "cuda")
-    cache_bytes = _size_up(plan, model, source, memory_budget, cache_bytes, progress)
-    ckpt = None
     if out_dir is not None:
         from dissect_kernels.io import ensure_dir
-        ensure_dir(out_dir)          # an unwritable out_dir fails now, not after both passes
-        ckpt = CheckpointSpec(out_dir, "dissect", dict(
-            plan.key(), dataset=dataset_identity(dataset), geometry=str(geometry),
-            receptive_fields=receptive_fields, batch_size=batch_size, rotation=rotation),
-            checkpoint_interval, resume)
+        ensure_dir(out_dir)          # an unwritable out_dir fails now, before any work
+    cache_bytes = _size_up(plan, model, source, memory_budget, cache_bytes, progress)
+    ckpt = None if out_dir is None else CheckpointSpec(out_dir, "dissect", dict(
+        plan.key(), dataset=dataset_identity(dataset), geometry=str(geometry),
+        receptive_fields=receptive_fields, batch_size=batch_size, rotation=rotation),
+        checkpoint_interval, resume)
 
     def write(result, output):
         from dissect_kernels.report.dissection import write_dissection

@@ -77,7 +77,7 @@ class Plan:
     def key(self) -> dict:
         """What of the plan decides the results (for the checkpoint key)."""
         return dict(layers=[repr(s) for s in self.specs], convention=self.conv.name, quantile=self.q,
-                    top_k=self.k, quantile_mode=self.quantile_mode,
+                    top_k=self.k, quantile_mode=self.quantile_mode, modes=self.estimate.get("modes"),
                     thresholds=None if self.given is None else {k: v.tolist() for k, v in self.given.items()})
     batch_size: int = 32
 

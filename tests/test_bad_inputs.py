@@ -60,12 +60,16 @@ class Items(PlantedDataset):
 
 
 class CountingPlanted(Planted):
-    """Planted that counts its forward passes."""
+    """Planted that counts its forward passes over batches (`calls`) apart from the one-sample
+    probe that sizes a run's memory before pass 1 (`probes`)."""
 
-    calls = 0
+    calls = probes = 0
 
     def forward(self, x):
-        CountingPlanted.calls += 1
+        if x.shape[0] == 1:
+            CountingPlanted.probes += 1
+        else:
+            CountingPlanted.calls += 1
         return super().forward(x)
 
 
@@ -300,9 +304,9 @@ def test_disk_full_keeps_the_earlier_run_and_resumes(data, tmp_path, monkeypatch
     full = CountingPlanted.calls
     monkeypatch.undo()
 
-    CountingPlanted.calls = 0                 # the rerun resumes: no batch is recomputed
+    CountingPlanted.calls = CountingPlanted.probes = 0   # the rerun resumes: no batch is recomputed
     resumed = dk.dissect(model, "units", data, out_dir=tmp_path, **kw)
-    assert CountingPlanted.calls == 0 < full
+    assert CountingPlanted.calls == 0 < full and CountingPlanted.probes == 1
     fresh = dk.dissect(model, "units", data, **kw)
     for key in ("iou", "thresholds", "topk_indices"):
         assert torch.equal(getattr(resumed.layers["units"], key), getattr(fresh.layers["units"], key))

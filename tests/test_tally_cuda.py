@@ -47,10 +47,20 @@ def _cuobjdump() -> str | None:
     return str(bundled) if bundled.exists() else shutil.which("cuobjdump")
 
 
+GRID_SAMPLE = "ArithE1E"     # mangled Arith::GridSample template argument: its corner chain fuses on purpose
+
+
+def _by_function(listing: str, header: str) -> dict[str, str]:
+    """{mangled kernel name: its code} from a cuobjdump listing split at `header`."""
+    parts = re.split(header, listing)[1:]
+    return {p.split("(")[0].split()[0]: p for p in parts}
+
+
 @needs_module
 def test_cuda_module_has_sm90_code_without_fma():
-    """The built module holds sm_90 SASS and PTX, with no fused multiply-add (--fmad=false):
-    otherwise GPU counts could differ from the oracle's."""
+    """The built module holds sm_90 SASS and PTX, with no fused multiply-add (--fmad=false)
+    except the grid-sample corner chain, which fuses explicitly (fmaf) as torch's CPU
+    grid_sample does: otherwise GPU counts could differ from the oracle's."""
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump to inspect the module")
@@ -58,8 +68,15 @@ def test_cuda_module_has_sm90_code_without_fma():
     sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
     ptx = subprocess.run([tool, "-ptx", path], capture_output=True, text=True, check=True).stdout
     assert "sm_90" in sass and "tally_kernel" in sass
-    assert len(re.findall(r"\bFMUL\b", sass)) > 0 and not re.findall(r"\bFFMA\b", sass)
-    assert "mul.rn.f32" in ptx and not re.findall(r"\bfma\.rn\.f32", ptx)
+    assert len(re.findall(r"\bFMUL\b", sass)) > 0
+    for listing, header, fused in ((sass, r"Function : ", r"\bFFMA\b"), (ptx, r"\.entry ", r"\bfma\.rn\.f32")):
+        kernels = _by_function(listing, header)
+        plain = {k: code for k, code in kernels.items() if GRID_SAMPLE not in k}
+        chains = {k: code for k, code in kernels.items() if GRID_SAMPLE in k}
+        assert plain and chains
+        assert not [k for k, code in plain.items() if re.search(fused, code)]
+        assert all(re.search(fused, code) for k, code in chains.items() if "tally_kernel" in k)
+    assert "mul.rn.f32" in ptx
 
 
 def _params(seed: int) -> dict:

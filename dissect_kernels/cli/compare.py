@@ -42,7 +42,8 @@ def _add_export(sub) -> None:
                                    "per layer), davidbau/dissect (report.json + rq.npz per layer) or "
                                    "gandissect (dissect.json) files.")
     e.add_argument("results", help="a results folder of this engine")
-    e.add_argument("--format", required=True, choices=["netdissect-lite", "netdissect", "gandissect"])
+    e.add_argument("--format", required=True, choices=["netdissect-lite", "netdissect", "gandissect"],
+                   help="the reference tool whose files to write")
     e.add_argument("--out", required=True, help="output folder")
     e.set_defaults(run=run_export)
 

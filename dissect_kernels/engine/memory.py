@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from dissect_kernels.engine.step import capture
+from dissect_kernels.engine.step import capture, check_map
 
 RESULT_FACTOR = 6        # peak while the IoU result is built, in units of U x C x 8 bytes (bench_scale)
 
@@ -19,6 +19,8 @@ def probe_shapes(model, source, views, device) -> dict[str, tuple[int, int, int,
     inputs = batch.prepare(inputs) if batch.prepare is not None else inputs
     with torch.inference_mode():
         acts, _ = capture(model, inputs, views, run_to_end=False, check_finite=False)
+    for name, a in acts.items():
+        check_map(name, a)                 # finiteness is checked on every batch of the passes
     return {k: (a.shape[1], a.shape[2], a.shape[3], a.element_size()) for k, a in acts.items()}
 
 

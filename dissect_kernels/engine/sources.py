@@ -76,14 +76,17 @@ class DatasetSource:
             data = {} if b.labels is None else {"labels": b.labels, "image_labels": b.image_labels}
             yield Batch(b.images, b.indices, data, self._normalize if uint8 else None)
 
-    def probe(self, tries: int = 16) -> Batch:
-        """One readable sample (decoded in this process) to learn the layers' shapes from."""
-        first = DatasetSource(Subset(self.dataset, range(min(tries, len(self.dataset)))), meta=self.meta,
-                              batch_size=1, num_workers=0)
+    def probe(self) -> Batch:
+        """The first readable sample (decoded in this process) to learn the layers' shapes from;
+        a source with none fails here, before any pass, with what was skipped and why."""
+        first = DatasetSource(self.dataset, meta=self.meta, batch_size=1, num_workers=0)
         batch = next((b for b in first.batches(0, fields=("image",)) if b is not None), None)
         if batch is None:
-            raise ValueError(f"none of the first {tries} samples can be read (the first: "
-                             f"{next(iter(first.loader.skipped.values()), 'none')})")
+            skips = first.skips()
+            counts = "; ".join(f"{len(items)} {reason}" for reason, items in skips.items() if items)
+            message = next((m for items in skips.values() for m in items.values()), "none")
+            raise ValueError(f"no readable samples: every sample was skipped "
+                             f"({counts or 'the source is empty'}; the first: {message})")
         return batch
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

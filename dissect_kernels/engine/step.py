@@ -77,13 +77,7 @@ class Step:
 def check_features(layer: str, a, indices: torch.Tensor) -> None:
     """A captured map must be a finite floating-point [B, U, h, w] tensor; errors name the
     layer and the first sample with NaN/Inf."""
-    if not isinstance(a, torch.Tensor) or not a.dtype.is_floating_point:
-        what = a.dtype if isinstance(a, torch.Tensor) else type(a).__name__
-        raise TypeError(f"layer {layer!r} outputs {what}; dissection needs a floating-point "
-                        "[batch, units, height, width] feature map")
-    if a.dim() != 4:
-        raise ValueError(f"layer {layer!r} output has shape {tuple(a.shape)}; "
-                         "dissection needs a [batch, units, height, width] feature map")
+    check_map(layer, a)
     if a.numel() == 0 or bool(torch.isfinite(torch.stack([a.amax(), a.amin()])).all()):
         return                                       # NaN propagates through amax; no big temporaries
     bad = ~torch.isfinite(a).flatten(1).all(1)
@@ -94,6 +88,17 @@ def check_features(layer: str, a, indices: torch.Tensor) -> None:
         raise ValueError(f"layer {layer!r} output contains {kind} values for image "
                          f"{int(indices[row])} (units {units[:8]}); dissection needs finite "
                          "activations")
+
+
+def check_map(layer: str, a) -> None:
+    """A captured map must be a floating-point [B, U, h, w] tensor (errors name the layer)."""
+    if not isinstance(a, torch.Tensor) or not a.dtype.is_floating_point:
+        what = a.dtype if isinstance(a, torch.Tensor) else type(a).__name__
+        raise TypeError(f"layer {layer!r} outputs {what}; dissection needs a floating-point "
+                        "[batch, units, height, width] feature map")
+    if a.dim() != 4:
+        raise ValueError(f"layer {layer!r} output has shape {tuple(a.shape)}; "
+                         "dissection needs a [batch, units, height, width] feature map")
 
 
 def capture(model: nn.Module, inputs, views: list[LayerView], *, run_to_end: bool,
