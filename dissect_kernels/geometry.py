@@ -261,7 +261,9 @@ def grid_sample_table(s: float, o: float, n_src: int, n_dst: int, boundary: str)
     w1 = x - floor(x), w0 = 1 - w1 in fp32; a tap outside the map weighs 0."""
     _check_axis(n_src, n_dst, s, o)
     if s == 0:
-        raise ValueError("grid-sample geometry: scale must be non-zero")
+        raise ValueError("grid-sample geometry: scale must be non-zero (a scale_offset with an image size "
+                         "cannot map onto a 1-pixel target: the references' grid divides by zero there)"
+                         if n_dst == 1 else "grid-sample geometry: scale must be non-zero")
     f32 = np.float32
     t = np.arange(n_dst, dtype=f32)
     g = (t - f32(o)) * f32(2 / (s * max(1, n_src - 1))) - f32(1)

@@ -144,6 +144,8 @@ def test_cpu_equals_reference(B, U, h, w, H, W, L, M, C, dtype, layout, content,
                               per_layer, with_categories, seed):
     if geometry == "pillow":  # PIL's resize is reproduced when enlarging
         H, W = max(H, h), max(W, w)
+    if isinstance(geometry, Geometry) and geometry.name == "grid-sample" and min(H, W) == 1:
+        H, W = max(H, 2), max(W, 2)  # a conv-list grid rescaled to a 1-pixel target is refused (see below)
     gen = torch.Generator().manual_seed(seed)
     acts = make_acts(gen, B, U, h, w, dtype, layout, content)
     ytab, xtab = Geometry.named(geometry).tables((h, w), (H, W))
@@ -442,3 +444,11 @@ def test_multithreaded_equals_single_threaded(strategy, monkeypatch):
         monkeypatch.setenv("DK_TALLY_CPU_PARTIAL_BYTES", "0")
     acts, thresholds, args, chunks, want = _large_case()
     assert_same(run_backend("cpu", acts, thresholds, *args), want)
+
+
+def test_grid_sample_with_image_size_refuses_a_one_pixel_target():
+    """davidbau/dissect rescales a conv-list scale_offset by (T - 1) / (N - 1): 0 for a 1-pixel
+    target, where its grid divides by zero; here that is a clear error instead."""
+    geometry = Geometry.grid_sample(((8.0, 0.0), (8.0, 0.0)), (64, 64))
+    with pytest.raises(ValueError, match="1-pixel target"):
+        geometry.tables((4, 4), (1, 6))
