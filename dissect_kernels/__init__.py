@@ -7,8 +7,11 @@ if "torch" not in _sys.modules:   # before any OpenMP pool starts: idle threads 
 from dissect_kernels._version import __version__  # noqa: F401  (the one place it is written)
 from dissect_kernels.ace import ace, rank_units_by_ace
 from dissect_kernels.alpha import optimize_alpha
+from dissect_kernels.artifacts import artifact_units
+from dissect_kernels.context import insertion_context
 from dissect_kernels.dissect import dissect
 from dissect_kernels.engine.layers import LayerSpec
+from dissect_kernels.gan_real import generated_vs_real
 from dissect_kernels.generator import dissect_generator
 from dissect_kernels.geometry import Geometry
 from dissect_kernels.hooks import Edit, StopForward, Trace, TraceDict, get_module, run_layers
@@ -22,6 +25,7 @@ from dissect_kernels.ops.tally import TallyResult, tally
 from dissect_kernels.ops.upsample import upsample
 from dissect_kernels.io import load_results, save_results
 from dissect_kernels.results import DissectionResult, LayerResult
+from dissect_kernels.segmenters import TorchSegmenter, hf_segmenter
 from dissect_kernels.stats.iou_tally import IoUTally
 from dissect_kernels.stats.exact_quantile import ExactQuantile
 from dissect_kernels.stats.quantile import QuantileEstimator, QuantileSketch, make_quantile
@@ -29,7 +33,8 @@ from dissect_kernels.stats.tail_sketch import TailSketch
 from dissect_kernels.stats.topk import TopK
 
 __all__ = [
-    "ace", "dissect_generator", "optimize_alpha", "rank_units_by_ace",
+    "ace", "artifact_units", "dissect_generator", "generated_vs_real", "hf_segmenter", "insertion_context",
+    "optimize_alpha", "rank_units_by_ace", "TorchSegmenter",
     "AblationResult", "DissectionResult", "Edit", "ExactQuantile", "Geometry", "IoUTally", "LabelStats",
     "LayerResult", "LayerSpec", "QuantileEstimator", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",
     "edit", "edit_", "get_module", "intervene", "label_stats", "load_results", "make_quantile", "plot_ablation",

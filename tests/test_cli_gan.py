@@ -1,5 +1,7 @@
 """`dissect-kernels gan` (registered in dissect_kernels.cli) end to end on the shipped tiny
 generator, small sample counts."""
+import json
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ def test_gan_command_writes_results_report_and_ace_page(tmp_path, capsys):
     torch.set_num_threads(1)
     try:
         rc = main(["gan", "--num-samples", "16", "--ace-samples", "4", "--batch-size", "8",
-                   "--concept", "sun", "--out", str(tmp_path), "--quiet"])
+                   "--analysis-samples", "4", "--concept", "sun", "--out", str(tmp_path), "--quiet"])
     finally:
         torch.set_num_threads(n)
     assert rc == 0
@@ -30,6 +32,15 @@ def test_gan_command_writes_results_report_and_ace_page(tmp_path, capsys):
         for kind in ("ablated", "inserted"):
             assert (tmp_path / f"images/ace/sun_unit_{u:04d}_{kind}.png").is_file()
     assert "sun" in capsys.readouterr().out
+    index = (tmp_path / "index.html").read_text()
+    for page, data in (("context.html", "context.json"), ("artifacts.html", "artifacts.json"),
+                       ("generated_vs_real.html", "generated_vs_real.json")):
+        assert f'href="{page}"' in index and (tmp_path / page).is_file()
+        assert json.loads((tmp_path / data).read_text())["kind"]
+    ctx = json.loads((tmp_path / "context.json").read_text())
+    assert ctx["concept"] == "sun" and ctx["units"] == lr.extra["ace"]["top_units"][:3]
+    assert json.loads((tmp_path / "artifacts.json").read_text())["ablated_units"]
+    assert json.loads((tmp_path / "generated_vs_real.json").read_text())["under_produced"][0] == "water"   # 16 samples: noisy
 
 
 def test_gan_command_rejects_an_unknown_concept(tmp_path):

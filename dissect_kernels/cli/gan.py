@@ -1,6 +1,9 @@
-"""`dissect-kernels gan`: GAN dissection + ACE ranking of one layer. With no arguments it runs
-on the shipped tiny generator and its exact palette segmenter and writes results and the report
-site: index.html, a page per layer and ace.html (written once, all or nothing)."""
+"""`dissect-kernels gan`: GAN dissection + ACE ranking of one layer, then the insertion context of
+the top ACE units, the artifact units and the generated-vs-real class statistics. With no
+arguments it runs on the shipped tiny generator and its exact palette segmenter (with its
+artifact score and real images) and writes results and the report site: index.html, a page per
+layer, ace.html, context.html, artifacts.html and generated_vs_real.html with their JSON files
+(written once, all or nothing). `gan context|artifacts|real [options]` runs one analysis alone."""
 from __future__ import annotations
 
 import argparse
@@ -21,8 +24,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                        "shipped tiny GAN)")
     p.add_argument("--weights", help="state dict (.safetensors or a torch file) for --generator, or for "
                                      "the shipped tiny GAN's architecture without --generator")
-    p.add_argument("--segmenter", help="'module.path:factory' returning the segmenter (default: the tiny "
-                                       "GAN's exact palette segmenter)")
+    p.add_argument("--segmenter", help="'module.path:factory' returning a segmenter (see "
+                                       "dissect_kernels.segmenters), or hf:FOLDER for a local Hugging Face "
+                                       "semantic-segmentation model (default: the tiny GAN's exact palette "
+                                       "segmenter)")
     p.add_argument("--layer", default=None, help="layer to dissect, a module name or NAME:LAYOUT,... as in "
                                                  "`dissect --layers` (default: the tiny GAN's layer3)")
     p.add_argument("--concept", default=None, help="concept for the ACE ranking (default: the first "
@@ -43,31 +48,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default: auto for --convention exact, sketch for gandissect)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--analysis-samples", type=int, default=16,
+                   help="samples for the context map and the artifact units (default 16)")
+    p.add_argument("--artifact-score", help="'module.path:callable' images -> [B] artifact score (default "
+                                            "with the shipped generator: its grey-haze score)")
+    p.add_argument("--annotations", type=Path, help="per-sample artifact scores, CSV 'sample,score'")
+    p.add_argument("--real", type=Path, help="folder of real images for the generated-vs-real statistics "
+                                             "(default with the shipped generator: its real images)")
+    p.add_argument("--skip-analyses", action="store_true",
+                   help="only the dissection and ACE: no context, artifact or generated-vs-real pages")
     from dissect_kernels.cli.common import add_run_args
+    from dissect_kernels.cli.gan_analyses import add_subcommands
     add_run_args(p, data=False)
     p.set_defaults(run=run_gan)
+    add_subcommands(p)
     return p
 
 
 def _load(args):
     """(generator, layer, segmenter) from the flags, checked before any sample is drawn."""
-    from dissect_kernels.cli.common import build_from_spec, load_model, load_weights, one_line
-    from dissect_kernels.engine.layers import as_specs, parse_layer
-    from dissect_kernels.models.tiny_gan import default_segmenter, load_default_generator, tiny_gan_info
-    if args.generator:
-        gen = load_model(args.generator, args.weights, "--generator").eval()
-        if args.layer is None:
-            raise SystemExit("--layer is required with --generator")
-    else:
-        gen = load_default_generator()
-        if args.weights:
-            load_weights(gen, args.weights, "the shipped", "tiny GAN")
-    try:
-        layer = as_specs(gen, parse_layer(args.layer or tiny_gan_info()["layer"]))[0]
-    except (ValueError, LookupError) as err:
-        raise SystemExit(f"--layer: {one_line(err)}") from err
-    seg = build_from_spec(args.segmenter, "--segmenter") if args.segmenter else default_segmenter()
-    return gen, layer, seg
+    from dissect_kernels.cli.gan_common import load_gan
+    return load_gan(args)
 
 
 def _ace_images(gen, layer, units: int, value, z) -> dict:
@@ -131,7 +132,9 @@ def _write(args, gen, spec, seg, concept, device, result, ranking) -> None:
     from dissect_kernels.generated import make_z_sampler
     from dissect_kernels.generator import generated_exemplars
     from dissect_kernels.report.ace_page import ACE_FILE, ace_page, ace_summary, save_image_strip
+    from dissect_kernels.cli.gan_analyses import default_analyses
     from dissect_kernels.report.gan import write_gan
+    from dissect_kernels.report.gan_analyses import register_analyses, stage_analyses
     lr = result.layers[spec.key]
     z_of = make_z_sampler(gen, args.seed, None, None, device or next(gen.parameters()).device)
     images = _ace_images(gen, spec, lr.num_units, ranking.value, z_of(torch.arange(min(6, args.ace_samples))))
@@ -150,6 +153,16 @@ def _write(args, gen, spec, seg, concept, device, result, ranking) -> None:
 
     exemplars = generated_exemplars(gen, seg, result, z_of, args.batch_size, [spec])
     page = lambda stage: ace_page(stage, lr, ranking, concept, unit_base=result.unit_base, strips=strips)  # noqa: E731
-    write_gan(args.out, result, exemplars, strips=ace_strips,
-              register=lambda site: site.add(ACE_FILE, f"ACE on {concept}", page, section="Causal effects",
-                                             summary=ace_summary(ranking, concept, result.unit_base)))
+    t1 = time.perf_counter()
+    analyses = {} if args.skip_analyses else default_analyses(args, gen, spec, seg, concept, ranking, device)
+    result.timing["analyses"] = time.perf_counter() - t1
+
+    def register(site) -> None:
+        site.add(ACE_FILE, f"ACE on {concept}", page, section="Causal effects",
+                 summary=ace_summary(ranking, concept, result.unit_base))
+        register_analyses(site, analyses)
+
+    def all_strips(stage) -> None:
+        ace_strips(stage)
+        stage_analyses(stage, analyses)
+    write_gan(args.out, result, exemplars, strips=all_strips, register=register)
