@@ -319,7 +319,8 @@ def test_oversized_and_unsized_bodies_are_refused_unread(server):
     assert status == 411 and "Content-Length" in answer["error"]
 
 
-def test_cli_serves_a_run_and_refuses_a_missing_one(run, tmp_path):
+def test_cli_serves_a_run_and_refuses_a_missing_one_or_a_taken_port(run, tmp_path):
+    from dissect_kernels.cli import main
     proc = subprocess.Popen([sys.executable, "-m", "dissect_kernels", "paint", "--run", str(run), "--port", "0",
                              "--value-samples", "16"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -328,9 +329,24 @@ def test_cli_serves_a_run_and_refuses_a_missing_one(run, tmp_path):
         port = int(lines[1].split("127.0.0.1:")[1].split("/")[0])
         status, _, body = request(port, "GET", "/api/concepts")
         assert status == 200 and json.loads(body)["layer"] == "layer3"
+        with pytest.raises(SystemExit, match="cannot listen there"):
+            main(["paint", "--run", str(run), "--port", str(port), "--value-samples", "4"])
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    bad = subprocess.run([sys.executable, "-m", "dissect_kernels", "paint", "--run", str(tmp_path / "none")],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "summary.json" in bad.stderr
+    with pytest.raises(SystemExit, match="no summary.json"):
+        main(["paint", "--run", str(tmp_path / "none")])
+
+
+def test_run_concepts_read_report_numbers_and_ace_indices():
+    from dissect_kernels.paint.session import run_concepts
+    rows = [{"unit": 1, "label": "tree", "iou": 0.2, "detector": True},
+            {"unit": 3, "label": "tree", "iou": 0.5, "detector": True},
+            {"unit": 2, "label": "sun", "iou": 0.9, "detector": False},
+            {"unit": 4, "label": "door", "iou": 0.3, "detector": True}]
+    layer = {"unit_rows": rows, "concept_names": ["background", "tree", "door", "sun"],
+             "extra": {"ace": {"concept": "door", "top_units": [3, 0, 1], "top_ace": [0.4, 0.1, -0.2]}}}
+    got = run_concepts(layer, unit_base=1)            # rows number units from 1, ACE indexes from 0
+    assert list(got) == ["tree", "door"]
+    assert got["tree"].units == [2, 0] and got["tree"].source == "dissection"
+    assert got["door"].units == [3, 0] and got["door"].source == "ace" and got["door"].scores == [0.4, 0.1]

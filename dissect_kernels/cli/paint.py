@@ -51,6 +51,8 @@ def run_paint(args) -> int:
 
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"--port must lie in [0, 65535], got {args.port}")
+    if args.value_samples < 1:
+        raise SystemExit(f"--value-samples must be at least 1, got {args.value_samples}")
     check_device(args.device)
     gen = _generator(args)
     if gen is not None and args.device:
@@ -62,7 +64,11 @@ def run_paint(args) -> int:
     t0 = time.perf_counter()
     painter.render(0, [PaintEdit(first.units if first else [0], torch.ones(painter.grid), "add")])
     ms = (time.perf_counter() - t0) * 1000
-    server = make_server(painter, args.host, args.port, quiet=not args.verbose)
+    try:
+        server = make_server(painter, args.host, args.port, quiet=not args.verbose)
+    except OSError as err:
+        raise SystemExit(f"--host {args.host} --port {args.port}: cannot listen there ({err.strerror or err}); "
+                         "--port 0 picks a free port") from None
     host, port = server.server_address[:2]
     print(f"painting {painter.spec.key} ({painter.num_units} units, {len(painter.concepts)} concepts: "
           f"{', '.join(painter.concepts)}); one edit regenerates in {ms:.0f} ms")
