@@ -102,11 +102,15 @@ def run_gan(args) -> int:
     gen = gen.to(device) if device is not None else gen
     with locked(args.out):
         result, ranking = _dissect_and_rank(args, gen, spec, seg, concept, device)
-        _write(args, gen, spec, seg, concept, device, result, ranking)
+        analyses = _write(args, gen, spec, seg, concept, device, result, ranking)
     lr, top = result.layers[spec.key], ranking.order[:5].tolist()
     print(f"{spec.key}: {lr.num_detectors}/{lr.num_units} units are detectors; top units by ACE on {concept}: "
           f"{top} (ACE {[round(float(ranking.ace[u]), 3) for u in top]})")
-    print(f"report:  {(args.out / INDEX_FILE).resolve()} (with {ACE_FILE}) in {time.perf_counter() - t0:.1f} s")
+    from dissect_kernels.report.gan_analyses import PAGES, summary
+    for kind, (data, _) in analyses.items():
+        print(f"{PAGES[kind][2]}: {summary(kind, data)}")
+    pages = ", ".join([ACE_FILE] + [PAGES[k][0] for k in analyses])
+    print(f"report:  {(args.out / INDEX_FILE).resolve()} (with {pages}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -127,8 +131,9 @@ def _dissect_and_rank(args, gen, spec, seg, concept, device):
     return result, ranking
 
 
-def _write(args, gen, spec, seg, concept, device, result, ranking) -> None:
-    """Results, the report site, the ACE page and its before/after strips, all at once."""
+def _write(args, gen, spec, seg, concept, device, result, ranking) -> dict:
+    """Results, the report site, the ACE page and its before/after strips and the further
+    analyses' JSON, pages and strips, all at once; returns the analyses (kind -> (JSON, strips))."""
     from dissect_kernels.generated import make_z_sampler
     from dissect_kernels.generator import generated_exemplars
     from dissect_kernels.report.ace_page import ACE_FILE, ace_page, ace_summary, save_image_strip
@@ -166,3 +171,4 @@ def _write(args, gen, spec, seg, concept, device, result, ranking) -> None:
         ace_strips(stage)
         stage_analyses(stage, analyses)
     write_gan(args.out, result, exemplars, strips=all_strips, register=register)
+    return analyses
