@@ -117,3 +117,21 @@ def test_hf_adapter_loads_a_local_segformer(tmp_path):
     assert torch.equal(ids, torch.tensor([1, 0, 2])[logits.argmax(1)])
     with pytest.raises(ValueError, match="not a local transformers"):
         hf_segmenter(tmp_path / "missing")
+
+
+def test_a_multilabel_adapter_feeds_the_drivers():
+    """Scores > 0 exactly at each pixel's palette colour: the label layers carry the same class
+    pixels as the palette segmenter, through generated_vs_real and insertion_context."""
+    def scores(x):
+        d = ((x[:, None] * 2 - 1 - palette_tensor()[None, :, :, None, None]) ** 2).sum(2)
+        return 50 * (0.05 - d)
+    ml = TorchSegmenter(scores, CLASS_NAMES, output="multilabel", background="background")
+    g = load_default_generator()
+    real = g(dk.generated.sample_z(torch.arange(50, 56), 48))
+    a = generated_vs_real(g, ml, real, num_samples=6)
+    b = generated_vs_real(g, default_segmenter(), real, num_samples=6)
+    assert torch.equal(a.generated["pixels"][1:], b.generated["pixels"][1:])
+    assert torch.equal(a.real["images"], b.real["images"])
+    ca = dk.insertion_context(g, "layer3", [7, 16, 18], ml, "sun", num_samples=2, grid=4, value=1.0)
+    cb = dk.insertion_context(g, "layer3", [7, 16, 18], default_segmenter(), "sun", num_samples=2, grid=4, value=1.0)
+    assert torch.equal(ca.counts["appeared"], cb.counts["appeared"])
