@@ -11,6 +11,7 @@ ablates the top `ablate` units together and measures the score again (callable o
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -216,7 +217,8 @@ def artifact_units(generator, layer, score: "Callable | str | Path | dict", *, n
             spec, score, _ranked(results["scores"]["stats"], True)[2][:ablate].tolist())}))
     ckpt = None if checkpoint_dir is None else CheckpointSpec(checkpoint_dir, "artifacts", dict(
         layer=repr(spec), seed=seed, num_samples=num_samples, ablate=ablate, batch_size=batch_size,
-        score=getattr(score, "__qualname__", repr(type(score))) if causal else sorted(score.items())),
+        score=getattr(score, "__qualname__", repr(type(score))) if causal else
+        hashlib.sha256(repr(sorted(score.items())).encode()).hexdigest()),
         checkpoint_interval, resume)
     out = run_passes(generator, IndexSource(num_samples, z_of, batch_size=batch_size), passes,
                      layers=[spec], device=dev, progress=progress, checkpoint=ckpt, check_finite=False,
