@@ -41,13 +41,14 @@ class ArtifactResult:
     ablated: list[int]
     score_before: float
     score_after: float | None
+    score_name: str = ""
 
     def to_json(self) -> dict:
         """The documented artifacts.json (docs/gan.md)."""
         r = lambda x: None if x is None or x != x else round(float(x), 6)  # noqa: E731  (NaN -> None)
         top = self.scores.argsort(descending=True, stable=True)[:8].tolist()
         return {"kind": "artifact_units", "layer": self.layer, "num_samples": self.num_samples,
-                "ranking": self.ranking, "ablated_units": self.ablated,
+                "score": self.score_name, "ranking": self.ranking, "ablated_units": self.ablated,
                 "score_before": r(self.score_before), "score_after": r(self.score_after),
                 "units": [{"unit": int(u), "rank": i + 1, "correlation": r(self.correlation[u]),
                            "effect": None if self.effect is None else r(self.effect[u])}
@@ -196,6 +197,8 @@ def artifact_units(generator, layer, score: "Callable | str | Path | dict", *, n
     annotation CSV path (read_annotations) or a {sample: score} dict covering samples
     0..num_samples-1. z as in dissect_generator. checkpoint_dir: checkpoint there."""
     spec = as_specs(generator, layer)[0]
+    name = f"annotations {Path(score).name}" if isinstance(score, (str, Path)) else \
+        getattr(score, "__qualname__", type(score).__name__) if callable(score) else "annotations"
     if isinstance(score, (str, Path)):
         score = read_annotations(score)
     if not callable(score) and not isinstance(score, dict):
@@ -227,7 +230,8 @@ def artifact_units(generator, layer, score: "Callable | str | Path | dict", *, n
     corr, effect, order = _ranked(stats, causal)
     after = float(out.results["ablated"]["total"]) / num_samples if causal else None
     return ArtifactResult(spec.key, num_samples, "ablation" if causal else "correlation", stats["scores"],
-                          corr, effect, order, order[:ablate].tolist(), float(stats["sy"]) / num_samples, after)
+                          corr, effect, order, order[:ablate].tolist(), float(stats["sy"]) / num_samples, after,
+                          name)
 
 
 def ablation_examples(generator, layer, units: list[int], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

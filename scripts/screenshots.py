@@ -26,6 +26,9 @@ SHOTS = (("dissect", "index.html", "dissect-index", 1400, None),
          ("gan", "layer-layer3.html", "gan-layer", 1300, None),
          ("gan", "ace.html", "gan-ace", 1500, None),
          ("gan", "ace.html", "gan-ace-units", 1300, "#ace-unit-0"),
+         ("gan", "context.html", "gan-context", 1300, None),
+         ("gan", "artifacts.html", "gan-artifacts", 1100, None),
+         ("gan", "generated_vs_real.html", "gan-real", 1100, None),
          ("ablate", "ablation.html", "ablate", 1500, None),
          ("ablate", "ablation.html", "ablate-classes", 1300, ".cards"))
 

@@ -30,6 +30,7 @@ def test_ranking_finds_the_planted_artifact_units_and_ablation_lowers_the_score(
     assert ranked.score_after < ranked.score_before - 0.01     # removing them removes haze
     js = ranked.to_json()
     assert js["ranking"] == "ablation" and js["units"][0]["unit"] == order[0] and len(js["units"]) == 24
+    assert js["score"] == "haze_score"
     assert js["score_after"] < js["score_before"]
 
 

@@ -158,14 +158,14 @@ def artifacts_body(d: dict, folder: Path, strips: list[str]) -> str:
             "ablated (set to 0): positive units cause the artifact. The correlation is that of the "
             "unit's mean activation with the score over the samples. The top units are then ablated "
             "together.</p>"
-            + meta_table([("ranking by", d["ranking"]), ("samples", d["num_samples"]),
+            + meta_table([("score", d.get("score", "")), ("ranking by", d["ranking"]), ("samples", d["num_samples"]),
                           ("ablated units", str(d["ablated_units"])), ("mean score before", fixed(d["score_before"], 4)),
                           ("mean score after", after)])
             + figure_img(fig, "artifact score effect per unit")
+            + _strips(folder, "artifacts", strips, captions)
             + '<div class="table-wrap"><table class="units"><thead><tr><th scope="col">rank</th>'
               '<th scope="col">unit</th><th scope="col">effect</th><th scope="col">correlation</th></tr>'
-              f"</thead><tbody>{rows}</tbody></table></div>"
-            + _strips(folder, "artifacts", strips, captions))
+              f"</thead><tbody>{rows}</tbody></table></div>")
 
 
 def real_body(d: dict, folder: Path, strips: list[str]) -> str:
