@@ -93,7 +93,8 @@ def test_gan_drivers_take_an_adapter():
     assert r.ace > 0.05
 
 
-def test_hf_adapter_loads_a_local_segformer(tmp_path):
+def tiny_segformer(folder):
+    """A randomly initialised 3-class SegFormer saved with its image processor (32x32 input)."""
     transformers = pytest.importorskip("transformers", reason="the optional hf extra (transformers) is not installed")
     cfg = transformers.SegformerConfig(num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8],
                                        num_attention_heads=[1], patch_sizes=[3], strides=[2], mlp_ratios=[2],
@@ -102,8 +103,13 @@ def test_hf_adapter_loads_a_local_segformer(tmp_path):
                                        label2id={"wall": 0, "background": 1, "door": 2})
     torch.manual_seed(0)
     model = transformers.SegformerForSemanticSegmentation(cfg).eval()
-    model.save_pretrained(tmp_path)
-    transformers.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    model.save_pretrained(folder)
+    transformers.SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+def test_hf_adapter_loads_a_local_segformer(tmp_path):
+    model = tiny_segformer(tmp_path)
     seg = hf_segmenter(tmp_path)
     assert seg.concept_names == ["background", "wall", "door"] and seg.num_classes == 3
     images = torch.rand(2, 3, 48, 48) * 2 - 1
@@ -135,3 +141,15 @@ def test_a_multilabel_adapter_feeds_the_drivers():
     ca = dk.insertion_context(g, "layer3", [7, 16, 18], ml, "sun", num_samples=2, grid=4, value=1.0)
     cb = dk.insertion_context(g, "layer3", [7, 16, 18], default_segmenter(), "sun", num_samples=2, grid=4, value=1.0)
     assert torch.equal(ca.counts["appeared"], cb.counts["appeared"])
+
+
+def test_cli_takes_a_hf_segmenter_folder(tmp_path):
+    from dissect_kernels.cli import main
+    tiny_segformer(tmp_path / "seg")
+    assert main(["gan", "real", "--segmenter", f"hf:{tmp_path / 'seg'}", "--num-samples", "4",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    import json
+    classes = json.loads((tmp_path / "out/generated_vs_real.json").read_text())["classes"]
+    assert [c["class"] for c in classes] == ["background", "wall", "door"]
+    with pytest.raises(SystemExit, match="hf:"):
+        main(["gan", "real", "--segmenter", f"hf:{tmp_path / 'nothing'}", "--out", str(tmp_path / "o2")])

@@ -231,7 +231,8 @@ def default_analyses(args, gen, spec, seg, concept: str, ranking, device) -> dic
     if real is not None:
         out["real"] = real_analysis(gen, seg, real, num_samples=args.num_samples, seed=args.seed,
                                     batch_size=args.batch_size, device=device, progress=progress)
+    from dissect_kernels.report.gan_analyses import PAGES
     needs = {"artifacts": "--artifact-score or --annotations", "real": "--real"}
     for kind in (k for k in needs if k not in out):
-        print(f"note: no {kind} page (give {needs[kind]})")
+        print(f"note: no {PAGES[kind][2]} page (give {needs[kind]})")
     return out
