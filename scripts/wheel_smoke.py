@@ -30,6 +30,8 @@ def planted_batch(B=8, U=3, size=7, scale=4, seed=0):
 def main():
     assert dk.__version__ == importlib.metadata.version("dissect-kernels"), dk.__version__
     assert resources.files("dissect_kernels").joinpath("py.typed").is_file(), "py.typed missing"
+    real = resources.files("dissect_kernels").joinpath("assets/tiny_gan_real")
+    assert len([f for f in real.iterdir() if f.name.endswith(".png")]) == 48, "the tiny GAN's real images are missing"
     assert _native.native("_C") is not None, "the CPU module _C is missing from the wheel"
     lib = clib.load()
     lib.dk_version.restype = ctypes.c_char_p
