@@ -46,3 +46,25 @@ def test_help_lists_the_analyses(capsys):
 def test_bad_flags_fail_in_one_line(tmp_path, argv, match):
     with pytest.raises(SystemExit, match=match):
         main(["gan", *argv, "--num-samples", "2", "--out", str(tmp_path), "--quiet"])
+
+
+def test_class_names_from_a_users_segmenter_show_as_text(tmp_path):
+    import torch
+
+    from dissect_kernels.context import insertion_context
+    from dissect_kernels.gan_real import generated_vs_real
+    from dissect_kernels.models.tiny_gan import load_default_generator, palette_tensor
+    from dissect_kernels.report.gan_analyses import write_analysis
+    from dissect_kernels.segmenters import TorchSegmenter
+    names = ["background", "<script>alert(1)</script>", "door & co", "sun", "<b>water</b>"]
+    seg = TorchSegmenter(lambda x: -((x[:, None] * 2 - 1 - palette_tensor()[None, :, :, None, None]) ** 2).sum(2),
+                         names, background="background")
+    g = load_default_generator()
+    real = generated_vs_real(g, seg, g(torch.zeros(2, 48)), num_samples=2)
+    ctx = insertion_context(g, "layer3", [0, 14, 20], seg, names[1], num_samples=1, grid=2, value=1.0)
+    for kind, data in (("real", real.to_json()), ("context", ctx.to_json())):
+        text = write_analysis(tmp_path, kind, data).read_text()
+        assert "<script>alert" not in text and "<b>water" not in text
+        assert "&lt;script&gt;alert" in text or kind == "real"
+        assert "&lt;b&gt;water" in text or kind == "context"      # never a context in one sample
+    assert "<script>alert" not in (tmp_path / "index.html").read_text()
