@@ -5,6 +5,7 @@ import sys as _sys
 if "torch" not in _sys.modules:   # before any OpenMP pool starts: idle threads sleep, not spin,
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # so a busy machine does not stall them
 from dissect_kernels._version import __version__  # noqa: F401  (the one place it is written)
+from dissect_kernels import analysis  # noqa: F401  (dk.analysis.robustness, ...: the papers' analyses)
 from dissect_kernels.ace import ace, rank_units_by_ace
 from dissect_kernels.alpha import optimize_alpha
 from dissect_kernels.artifacts import artifact_units
@@ -33,7 +34,7 @@ from dissect_kernels.stats.tail_sketch import TailSketch
 from dissect_kernels.stats.topk import TopK
 
 __all__ = [
-    "ace", "artifact_units", "dissect_generator", "generated_vs_real", "hf_segmenter", "insertion_context",
+    "ace", "analysis", "artifact_units", "dissect_generator", "generated_vs_real", "hf_segmenter", "insertion_context",
     "optimize_alpha", "rank_units_by_ace", "TorchSegmenter",
     "AblationResult", "DissectionResult", "Edit", "ExactQuantile", "Geometry", "IoUTally", "LabelStats",
     "LayerResult", "LayerSpec", "QuantileEstimator", "QuantileSketch", "StopForward", "TailSketch", "TallyResult", "TopK", "Trace", "TraceDict", "classifier_ablation", "dissect",

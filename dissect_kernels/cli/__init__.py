@@ -1,5 +1,5 @@
 """`dissect-kernels` command line (also `python -m dissect_kernels`): one module per
-subcommand (dissect, gan, ablate, compare + export, paint), shared helpers in cli.common. With no arguments it dissects
+subcommand (dissect, gan, ablate, compare + export, paint, analyze), shared helpers in cli.common. With no arguments it dissects
 the embedded default model."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import os
 import sys
 
-from dissect_kernels.cli import ablate, compare, dissect, gan, paint
+from dissect_kernels.cli import ablate, analyze, compare, dissect, gan, paint
 from dissect_kernels.cli.common import one_line
 
-SUBCOMMANDS = (dissect, gan, ablate, compare, paint)
+SUBCOMMANDS = (dissect, gan, ablate, compare, paint, analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:
