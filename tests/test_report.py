@@ -455,3 +455,18 @@ def test_ace_page_ranks_units_and_joins_the_site(tmp_path):
     assert "+0.700" in text and "\u22120.200" in text
     assert "<script>window" not in text and HOSTILE in "".join(page.text)
     assert f'href="{ACE_FILE}"' in (tmp_path / "index.html").read_text()
+
+
+def test_strips_are_named_as_the_report_numbers_units(tmp_path):
+    """A 1-based preset (NetDissect's) names unit index 0's strip unit_0001.jpg, as its pages
+    and units.csv number it."""
+    from planted import Planted, PlantedDataset
+    rel = save_strip(tmp_path, "l", 3, random_images(2, 8), np.ones((2, 4, 4), bool), unit_base=1)
+    assert rel == strip_path("l", 3, 1) and rel.endswith("/unit_0004.jpg")
+    out = tmp_path / "run"
+    result = dk.dissect(Planted(), "units", PlantedDataset(16), out_dir=out, convention="netdissect-lite",
+                        batch_size=8, progress=False, backend="cpu")
+    lr = result.layers["units"]
+    assert result.unit_base == 1 and lr.exemplar_strips
+    for u, path in lr.exemplar_strips.items():
+        assert path.endswith(f"/unit_{u + 1:04d}.jpg") and (out / path).is_file()

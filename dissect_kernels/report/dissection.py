@@ -68,7 +68,8 @@ def write_dissection(out_dir, result: DissectionResult, masks: dict, load_image:
                     continue
                 images = np.stack([image(i) for _, i in keys])
                 unit_masks = torch.stack([kept["masks"][found[k]] for k in keys]).numpy()
-                lr.exemplar_strips[u] = save_strip(stage, name, u, images, unit_masks)
+                lr.exemplar_strips[u] = save_strip(stage, name, u, images, unit_masks,
+                                                      unit_base=result.unit_base)
 
     return write_run(out_dir, result, strips=strips, site=dissection_site(result) if report else None)
 

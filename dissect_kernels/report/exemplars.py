@@ -90,15 +90,17 @@ def safe_name(name: str) -> str:
     return safe
 
 
-def strip_path(layer: str, unit: int) -> str:
-    """Relative path of a unit's strip: images/<layer>/unit_<unit:04d>.jpg (0-based unit)."""
-    return f"images/{safe_name(layer)}/unit_{int(unit):04d}.jpg"
+def strip_path(layer: str, unit: int, unit_base: int = 0) -> str:
+    """Relative path of a unit's strip: images/<layer>/unit_<number:04d>.jpg, numbered as the
+    report numbers units (0-based index `unit` + `unit_base`, 1 for NetDissect's presets)."""
+    return f"images/{safe_name(layer)}/unit_{int(unit) + int(unit_base):04d}.jpg"
 
 
-def save_strip(out_dir, layer: str, unit: int, images, masks, **kw) -> str:
+def save_strip(out_dir, layer: str, unit: int, images, masks, *, unit_base: int = 0, **kw) -> str:
     """Render and save unit's strip as JPEG under out_dir; returns its path relative to out_dir
-    (what LayerResult.exemplar_strips holds). `unit` is the 0-based index."""
-    rel = strip_path(layer, unit)
+    (what LayerResult.exemplar_strips holds). `unit` is the 0-based index; the file is named
+    with the report's number for it (unit + unit_base)."""
+    rel = strip_path(layer, unit, unit_base)
     path = Path(out_dir) / rel
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ def write_gan(out_dir, result: DissectionResult, exemplars: dict, *,
                 if ids:
                     lr.exemplar_strips[u] = save_strip(
                         stage, name, u, torch.stack([found[i][0] for i in ids]),
-                        torch.stack([found[i][1][u] for i in ids]))
+                        torch.stack([found[i][1][u] for i in ids]), unit_base=result.unit_base)
         if strips is not None:
             strips(stage)
 
