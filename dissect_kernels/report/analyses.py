@@ -36,3 +36,51 @@ def robustness_page(rec: dict) -> tuple[str, str]:
     first = next(iter(layers.values()))["summary"]
     worst = min(first.items(), key=lambda kv: kv[1]["retention"])
     return "\n".join(parts), f"lowest retention: {worst[0]} ({worst[1]['retention']:.0%})"
+
+
+@styled
+def alpha_curves(rec: dict):
+    """Per layer and measure: count vs alpha (partial rotations), the random rotations' mean +- std
+    as a band, the unrotated count as a dashed line."""
+    layers = rec["layers"]
+    fig = new_figure(4.2 * 2, 2.8 * len(layers) + 0.4)
+    for i, (layer, lr) in enumerate(layers.items()):
+        for j, (key, name) in enumerate((("detectors", "detectors"), ("unique_concepts", "unique concepts"))):
+            ax = fig.add_subplot(len(layers), 2, 2 * i + j + 1)
+            xs = [p["alpha"] for p in lr["partial"]]
+            ax.plot(xs, [p[key] for p in lr["partial"]], "o-", color=SERIES[0], label="partial rotation R^alpha")
+            ax.axhline(lr["unrotated"][key], color="#555555", ls="--", lw=1, label="unrotated")
+            m = lr["random"][key]
+            if m["mean"] is not None:
+                ax.axhspan(m["mean"] - m["std"], m["mean"] + m["std"], color=SERIES[1], alpha=0.25,
+                           label=f"{len(lr['rotations'])} random rotations, mean +- std")
+                ax.axhline(m["mean"], color=SERIES[1], lw=1)
+            ax.set_xlabel("alpha")
+            ax.set_ylabel(name)
+            ax.set_title(f"{layer}: {name}", fontsize=10)
+            ax.set_ylim(bottom=0)
+    fig.axes[0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rotation_page(rec: dict) -> tuple[str, str]:
+    """Counts unrotated, under random rotations (mean +- std) and along the partial-rotation path."""
+    parts = ["<h1>Axis alignment: random and partial rotations</h1>",
+             "<p>Each layer dissected in its own basis, in the bases of random orthogonal rotations of its "
+             "units, and along the path R<sup>alpha</sup> from the identity (alpha = 0) to a random rotation R "
+             "(alpha = 1). Fewer detectors away from alpha = 0 mean the layer's interpretable directions are "
+             "aligned with its units.</p>", figure_img(alpha_curves(rec), "detectors and concepts against alpha")]
+    for layer, lr in rec["layers"].items():
+        rows = [["unrotated", lr["unrotated"]["detectors"], lr["unrotated"]["unique_concepts"]]]
+        rows += [[f"random rotation (seed {r['seed']})", r["detectors"], r["unique_concepts"]] for r in lr["rotations"]]
+        rnd = lr["random"]
+        if rnd["detectors"]["mean"] is not None:
+            rows.append(["random: mean", rnd["detectors"]["mean"], rnd["unique_concepts"]["mean"]])
+            rows.append(["random: std", rnd["detectors"]["std"], rnd["unique_concepts"]["std"]])
+        rows += [[f"partial alpha = {p['alpha']:g}", p["detectors"], p["unique_concepts"]] for p in lr["partial"]]
+        parts.append(f"<h2>{esc(layer)}</h2>" + table(["basis", "detectors", "unique concepts"], rows))
+    layer, lr = next(iter(rec["layers"].items()))
+    mean = lr["random"]["detectors"]["mean"]
+    return "\n".join(parts), (f"{layer}: {lr['unrotated']['detectors']} detectors unrotated, "
+                              + ("" if mean is None else f"{mean:.1f} rotated"))
