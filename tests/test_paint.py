@@ -156,6 +156,8 @@ def test_the_runs_concepts_come_from_its_ace_ranking_and_detectors(run, painter)
     door = painter.concepts["door"]
     assert door.source == "dissection" and set(DOOR) <= set(door.units)
     assert door.scores == sorted(door.scores, reverse=True)
+    index = (run / "index.html").read_text()              # the report's index says how to paint
+    assert "dissect-kernels paint --run" in index and str(run.resolve()) in index
 
 
 def test_runs_it_cannot_paint_are_refused(tmp_path, run):

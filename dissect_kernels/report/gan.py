@@ -10,6 +10,7 @@ import torch
 
 from dissect_kernels.report.dissection import dissection_site
 from dissect_kernels.report.exemplars import save_strip
+from dissect_kernels.report.paint_note import with_paint_note
 from dissect_kernels.report.site import Site
 from dissect_kernels.report.write import write_run
 from dissect_kernels.results import DissectionResult
@@ -36,7 +37,7 @@ def write_gan(out_dir, result: DissectionResult, exemplars: dict, *,
         if strips is not None:
             strips(stage)
 
-    site = dissection_site(result, TITLE, "GAN dissection")
+    site = with_paint_note(dissection_site(result, TITLE, "GAN dissection"), out_dir)
     if register is not None:
         register(site)
     return write_run(out_dir, result, strips=render, site=site)
