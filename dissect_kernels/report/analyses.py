@@ -84,3 +84,51 @@ def rotation_page(rec: dict) -> tuple[str, str]:
     mean = lr["random"]["detectors"]["mean"]
     return "\n".join(parts), (f"{layer}: {lr['unrotated']['detectors']} detectors unrotated, "
                               + ("" if mean is None else f"{mean:.1f} rotated"))
+
+
+@styled
+def loading_panels(concepts: list[dict], most: int = 6, units: int = 10):
+    """First-component loadings on the strongest units, one small panel per concept."""
+    shown = concepts[:most]
+    cols = min(3, max(1, len(shown)))
+    rows = (len(shown) + cols - 1) // cols
+    fig = new_figure(3.6 * cols, 2.3 * rows + 0.3)
+    for i, c in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        load = c["components"][0]["loadings"]
+        top = sorted(range(len(load)), key=lambda u: -abs(load[u]))[:units]
+        ax.bar(range(len(top)), [load[u] for u in top], color=SERIES[0])
+        ax.set_xticks(range(len(top)), [str(u) for u in top], rotation=90)
+        ax.set_title(f"{c['concept']} (share {c['top_share']:.2f})", fontsize=9)
+        ax.set_xlabel("unit", fontsize=8)
+    if shown:
+        fig.axes[0].set_ylabel("PC1 loading")
+    fig.tight_layout()
+    return fig
+
+
+def pca_page(rec: dict) -> tuple[str, str]:
+    """Per layer: the largest loading share per concept (a ranked bar), loading panels, a table."""
+    from dissect_kernels.report.plots import ranked_bar
+    parts = ["<h1>PCA of concepts: one unit or a combination?</h1>",
+             "<p>Per concept, the SVD of the layer's standardised activations on the concept's pixels. The "
+             "<em>share</em> is the largest squared loading of the first component on one unit (1: one unit "
+             "carries the concept; 1/U: spread over all U units); <em>effective units</em> = 1 / sum of "
+             "squared shares.</p>"]
+    total = one = 0
+    for layer, lr in rec["layers"].items():
+        cs = lr["concepts"]
+        total, one = total + len(cs), one + sum(c["carried_by"] == "one unit" for c in cs)
+        parts.append(f"<h2>{esc(layer)}</h2>")
+        if not cs:
+            parts.append("<p>No concept has pixels in this dataset.</p>")
+            continue
+        parts.append(figure_img(ranked_bar([(c["concept"], c["top_share"], c["category"]) for c in cs],
+                                           ylabel="largest loading share", title=f"{layer}: PC1 share of the top unit"),
+                                f"{layer}: largest loading share per concept"))
+        parts.append(figure_img(loading_panels(cs), f"{layer}: first-component loadings"))
+        rows = [[c["concept"], c["category"], c["pixels"], c["top_unit"], c["top_share"], c["effective_units"],
+                 c["components"][0]["explained"], c["carried_by"]] for c in cs]
+        parts.append(table(["concept", "category", "pixels", "top unit", "share", "effective units",
+                            "PC1 explains", "carried by"], rows))
+    return "\n".join(parts), f"{one}/{total} concepts carried by one unit"
