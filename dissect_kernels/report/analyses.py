@@ -132,3 +132,65 @@ def pca_page(rec: dict) -> tuple[str, str]:
         parts.append(table(["concept", "category", "pixels", "top unit", "share", "effective units",
                             "PC1 explains", "carried by"], rows))
     return "\n".join(parts), f"{one}/{total} concepts carried by one unit"
+
+
+@styled
+def overlap_matrix(rec: dict):
+    """The summary figure: detectors and unique concepts per side, and the pairwise Jaccard
+    overlap of their detected concept sets."""
+    sides = [s["name"] for s in rec["sides"]]
+    n = len(sides)
+    jac = [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
+    for p in rec["pairs"]:
+        i, j = sides.index(p["a"]), sides.index(p["b"])
+        jac[i][j] = jac[j][i] = p["jaccard"] if p["jaccard"] is not None else float("nan")
+    fig = new_figure(4.0 + 0.9 * n, 2.6 + 0.25 * n)
+    ax = fig.add_subplot(1, 2, 1)
+    xs = range(n)
+    ax.bar([x - 0.2 for x in xs], [s["detectors"] for s in rec["sides"]], 0.4, color=SERIES[0], label="detectors")
+    ax.bar([x + 0.2 for x in xs], [s["unique_concepts"] for s in rec["sides"]], 0.4, color=SERIES[1],
+           label="unique concepts")
+    ax.set_xticks(list(xs), sides, rotation=90)
+    ax.legend(fontsize=8)
+    ax2 = fig.add_subplot(1, 2, 2)
+    im = ax2.imshow(jac, vmin=0, vmax=1, cmap="Blues")
+    ax2.set_xticks(list(xs), sides, rotation=90)
+    ax2.set_yticks(list(xs), sides)
+    ax2.grid(False)
+    for i in range(n):
+        for j in range(n):
+            ax2.text(j, i, f"{jac[i][j]:.2f}", ha="center", va="center", fontsize=8,
+                     color="white" if jac[i][j] > 0.6 else "black")
+    ax2.set_title("shared concepts (Jaccard)", fontsize=10)
+    fig.colorbar(im, ax=ax2, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def compare_page(rec: dict) -> tuple[str, str]:
+    """Category histograms side by side, the summary figure, shared concepts, matched units."""
+    sides = rec["sides"]
+    cats = sorted({k for s in sides for k in s["categories"]})
+    parts = ["<h1>Comparison of representations</h1>",
+             "<p>What each dissected layer detects, side by side; units are matched by their label. (For "
+             "a unit-by-unit agreement check of two result sets of the same layer, use "
+             "<code>dissect-kernels compare</code>.)</p>",
+             figure_img(series_bar(cats, [(s["name"], [s["categories"].get(k, {}).get("detectors", 0) for k in cats])
+                                          for s in sides], ylabel="detectors", title="Detectors per concept category"),
+                        "detectors per concept category and compared layer"),
+             figure_img(overlap_matrix(rec), "detectors, concepts and pairwise overlap"),
+             table(["layer", "units", "detectors", "unique concepts"] + cats,
+                   [[s["name"], s["units"], s["detectors"], s["unique_concepts"]]
+                    + [s["categories"].get(k, {}).get("unique_concepts", 0) for k in cats] for s in sides],
+                   caption="unique concepts per category in the last columns")]
+    for p in rec["pairs"]:
+        parts.append(f"<h2>{esc(p['a'])} vs {esc(p['b'])}</h2>" + table(
+            ["shared concepts", "only in " + p["a"], "only in " + p["b"], "Jaccard"],
+            [[", ".join(p["shared_concepts"]) or "-", ", ".join(p["only_a"]) or "-", ", ".join(p["only_b"]) or "-",
+              p["jaccard"] if p["jaccard"] is not None else "-"]]))
+    rows = [[c["concept"], c["category"]] + [", ".join(map(str, c["units"][s["name"]])) or "-" for s in sides]
+            for c in rec["concepts"]]
+    parts.append("<h2>Units matched by label</h2>" + table(["concept", "category"] + [s["name"] for s in sides], rows))
+    first = rec["pairs"][0]
+    return "\n".join(parts), (f"{len(sides)} layers; {first['a']} and {first['b']} share "
+                              f"{len(first['shared_concepts'])} concepts")
