@@ -232,7 +232,7 @@ def _labels(ref: list, mine: list, tag: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- NetDissect-Lite
-def load_ndl(path: Path, data_dir: Path, categories: list[str], quantile: float):
+def load_ndl(path: Path, data_dir: Path, categories: list[str], top: float = 0.005):
     """NetDissect-Lite's modules from a checkout, on Python 3 / NumPy 2 / recent SciPy: imresize and
     imread rebuilt on Pillow as SciPy had them (mode 'F' bilinear; label PNGs read as int32, the
     values NumPy 1's casting gave its arithmetic), NumPy's NaN alias, its onehot's list index as a tuple, a settings
@@ -253,7 +253,7 @@ def load_ndl(path: Path, data_dir: Path, categories: list[str], quantile: float)
     scipy.misc.imread = lambda fn, *a, **k: np.array(Image.open(fn)).astype(np.int32)
     settings = types.ModuleType("settings")
     settings.__dict__.update(INDEX_FILE="index.csv", DATA_DIRECTORY=str(data_dir), CATAGORIES=categories,
-                             QUANTILE=1 - quantile, IMG_SIZE=224, TALLY_BATCH_SIZE=16, TALLY_AHEAD=4,
+                             QUANTILE=top, IMG_SIZE=224, TALLY_BATCH_SIZE=16, TALLY_AHEAD=4,
                              PARALLEL=1, OUTPUT_FOLDER=str(data_dir / "ndl_out"))
     sys.modules["settings"] = settings
     sys.path.insert(0, str(path))
@@ -316,7 +316,7 @@ def run_ndl(ndl, acts: np.ndarray, data_dir: Path, categories: list[str]):
 def case_ndl(ndl_path: Path, name: str, acts, dataset, root: Path, out: dict) -> None:
     conv = get_convention("netdissect-lite")
     categories = [c for c in dataset.category_names if c not in conv.excluded_categories]
-    ndl = load_ndl(ndl_path, root, categories, conv.quantile)
+    ndl = load_ndl(ndl_path, root, categories)      # its settings.QUANTILE: the top 0.5 %
     with contextlib.redirect_stdout(io.StringIO()):
         threshold, iou, ref_names, t_ref = run_ndl(ndl, acts.numpy(), root, categories)
     keep = torch.tensor([c in categories for c in dataset.category_names])[torch.as_tensor(dataset.category_of)]

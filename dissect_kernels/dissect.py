@@ -96,10 +96,11 @@ def _size_up(plan: Plan, model, source, budget, cache_bytes, progress: bool):
 def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
     """The DissectionResult of a finished run (labels, detectors, thresholds, counts, top-k)."""
     ds, res = plan.dataset, output.results
-    layers = []
+    layers, warnings = [], []
     for v in plan.views:
         tally = tally_from_counts(res["tally"][f"{v.name}/counts"], plan.conv)
         label, best = tally.best()
+        warnings += unit_warnings(v.name, tally, label, plan.conv.unit_base)
         top = plan.topk(v.name, res)
         seed, of = plan.rotated.get(v.name, (None, None))
         layers.append(LayerResult.build(
@@ -126,6 +127,31 @@ def build_result(plan: Plan, output: RunOutput) -> DissectionResult:
                     "quantile_mode": plan.quantile_mode, "device": str(plan.device),
                     "thresholds": plan.threshold_source,
                     "memory_estimate": {k: v for k, v in plan.estimate.items()}},
-        skipped=sum(reasons.values()), skip_reasons=reasons,
+        skipped=sum(reasons.values()), skip_reasons=reasons, warnings=dataset_warnings(layers) + warnings,
         timing={**output.timing, "total": sum(output.timing.values()),
                 **{f"stage {STAGES.get(k, k)}": v for k, v in output.stages.items()}})
+
+
+def unit_warnings(layer: str, tally, label: torch.Tensor, unit_base: int) -> list[str]:
+    """What in a layer's result means little: units that never fire above their threshold
+    (dead, or constant: nothing exceeds its own value), units active on every pixel, units that
+    got no concept. They keep no label ("-", or NaN where the preset says so)."""
+    def units(mask: torch.Tensor) -> str:
+        ids = (mask.nonzero().flatten() + unit_base).tolist()
+        return f"{len(ids)} unit(s) ({', '.join(map(str, ids[:8]))}{', ...' if len(ids) > 8 else ''})"
+    active = tally.active_total.cpu()
+    pixels = int(tally.total_pixels)
+    out = []
+    for mask, what in ((active == 0, "never fire above their threshold (dead or constant units): no label"),
+                       ((active == pixels) & (active > 0), "fire on every pixel: no region to label"),
+                       ((label.cpu() < 0) & (active > 0), "fire but overlap no concept: no label")):
+        if bool(mask.any()):
+            out.append(f"layer {layer!r}: {units(mask)} {what}")
+    return out
+
+
+def dataset_warnings(layers) -> list[str]:
+    """A dataset without any concept label makes every IoU 0: say so once."""
+    if layers and all(not bool((lr.counts["truth"][1:] > 0).any()) for lr in layers if lr.counts):
+        return ["the dataset holds no concept labels (every label is 0): no unit can get a concept"]
+    return []

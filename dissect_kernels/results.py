@@ -215,6 +215,7 @@ class DissectionResult:
     skipped: int = 0                        # samples dropped (unreadable, no labels, ...)
     skip_reasons: dict[str, int] = field(default_factory=dict)   # reason -> number of samples
     timing: dict[str, float] = field(default_factory=dict)       # stage -> seconds
+    warnings: list[str] = field(default_factory=list)             # results that mean little (see unit_warnings)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(
         timespec="seconds"))
     version: str = ""                       # dissect_kernels version that produced it
@@ -241,6 +242,7 @@ class DissectionResult:
         self.skipped = int(self.skipped)
         self.skip_reasons = {str(k): int(v) for k, v in self.skip_reasons.items()}
         self.timing = {str(k): float(v) for k, v in self.timing.items()}
+        self.warnings = [str(w) for w in self.warnings]
         if not self.version:
             from dissect_kernels._version import __version__
             self.version = __version__

@@ -82,7 +82,8 @@ def test_dead_and_constant_units_get_no_label(convention):
     t = dk.IoUTally(U, C, CATEGORY_OF, num_categories=K, convention=convention)
     t.update(acts, thr, labels, image, geometry=geometry)
     label, best = t.best()
-    assert label[0] == -1 and label[2] == -1 and label[3] >= 0
+    assert label[0] == -1 and label[2] == -1 and label[1] >= 0
+    assert label[3] == (0 if conv.background_competes else -1)   # on every pixel: "all pixels" or none
     assert not t.detectors()[0] and not t.detectors()[2]
     if conv.dead_units == "nan":
         # davidbau/dissect: 0/0 for concepts the data never shows, so the best is NaN

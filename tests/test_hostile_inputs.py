@@ -5,6 +5,7 @@ share an output folder, files follow the umask, nothing is left behind after suc
 import csv
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -219,3 +220,54 @@ def test_fresh_and_strict_reach_the_driver(broden, tmp_path, monkeypatch):
     with pytest.raises(Stop):
         main(["dissect", "--dataset", f"broden:{broden}", "--quiet", "--fresh", "--strict", "--out", str(tmp_path)])
     assert seen["resume"] is False and seen["strict"] is True
+
+
+# ------------------------------------------------------------------ meaningless success
+class _Constant(torch.nn.Module):
+    """Unit 0 constant (never above its own threshold), the rest as computed."""
+
+    def forward(self, x):
+        x = x.clone()
+        x[:, 0] = 0.25
+        return x
+
+
+def _planted_with_constant_unit():
+    from planted import Planted
+    model = Planted()
+    model.units = _Constant()
+    return model
+
+
+def test_dead_constant_and_everywhere_units_get_no_label_and_a_warning(tmp_path):
+    from planted import PlantedDataset
+    data = PlantedDataset(24)
+    kw = dict(batch_size=8, progress=False, backend="cpu")
+    result = dk.dissect(_planted_with_constant_unit(), "units", data, out_dir=tmp_path, **kw)
+    lr = result.layers["units"]
+    assert int(lr.best_label[0]) == -1 and float(lr.best_iou[0]) == 0.0
+    assert [w for w in result.warnings if "never fire" in w and re.search(r"units?\(s\) \(0[,)]", w)]
+    assert int(lr.best_label[1]) > 0                          # the planted units keep their concepts
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warnings"] == result.warnings
+    assert "never fire" in (tmp_path / "index.html").read_text()
+    assert dk.load_results(tmp_path).warnings == result.warnings
+
+    ge = dk.dissect(_planted_with_constant_unit(), "units", data, convention="exact[threshold_compare=>=]", **kw)
+    assert int(ge.layers["units"].best_label[0]) == -1        # active on every pixel: no region to label
+    assert [w for w in ge.warnings if "every pixel" in w and re.search(r"units?\(s\) \(0[,)]", w)]
+
+
+def test_a_dataset_without_labels_labels_nothing_and_says_so():
+    from planted import Planted, PlantedDataset
+
+    class Unlabelled(PlantedDataset):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            item["labels"] = torch.zeros_like(torch.as_tensor(item["labels"]))
+            item["image_labels"] = torch.zeros_like(item["image_labels"])
+            return item
+
+    result = dk.dissect(Planted(), "units", Unlabelled(16), batch_size=8, progress=False, backend="cpu")
+    assert (result.layers["units"].best_label == -1).all()
+    assert result.warnings[0].startswith("the dataset holds no concept labels")

@@ -138,7 +138,8 @@ def test_dissect_background_condition_can_win():
     iou = db.iou()
     assert torch.equal(iou[:, 0], db.active_total.double() / float(db.total_pixels))
     assert bool((label[[0, 2, 3, 4]] > 0).any())  # elsewhere a concept beats P(A)
-    assert bool((ex.best()[0] > 0).all())         # other conventions never label a unit 0
+    other = ex.best()[0]                          # other conventions never label a unit 0, and a
+    assert int(other[1]) == -1 and bool((other[[0, 2, 3, 4]] > 0).all())   # unit on every pixel: none
 
 
 def _single_unit_tally(convention, I, A, G, N, present=True):

@@ -176,5 +176,7 @@ def _print_summary(result, out_dir: Path) -> None:
           f" (passes {sum(v for k, v in result.timing.items() if k in ('quantiles', 'tally', 'exemplars')):.1f})")
     if result.skipped:
         print(f"\nskipped {result.skipped} samples {result.skip_reasons} (listed in summary.json)")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"\nresults: {out_dir / 'units.csv'}, {out_dir / 'results.safetensors'}")
     print(f"report:  {(out_dir / 'index.html').resolve()}  (open it in a browser)")

@@ -77,6 +77,7 @@ def summary_dict(result: DissectionResult, run_id: str = "") -> dict[str, Any]:
         "convention": result.convention, "unit_base": result.unit_base,
         "model": meta["model"], "dataset": meta["dataset"], "parameters": meta["parameters"],
         "skipped": result.skipped, "skip_reasons": result.skip_reasons, "timing": result.timing,
+        "warnings": result.warnings,
         "layers": {name: _layer_summary(lr, result.unit_base) for name, lr in result.layers.items()},
     }
 
@@ -170,7 +171,7 @@ def load_results(out_dir) -> DissectionResult:
         layers, convention=summary["convention"], unit_base=summary["unit_base"],
         model=summary["model"], dataset=summary["dataset"], parameters=summary["parameters"],
         skipped=summary["skipped"], skip_reasons=summary["skip_reasons"], timing=summary["timing"],
-        created=summary["created"], version=summary["version"])
+        warnings=summary.get("warnings", []), created=summary["created"], version=summary["version"])
 
 
 __all__ = ["save_results", "load_results", "summary_dict", "FORMAT", "TENSORS_FILE", "UNITS_FILE",

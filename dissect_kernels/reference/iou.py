@@ -118,6 +118,8 @@ def reference_scores(counts: dict, *, category_of, num_categories, convention) -
     end = max([c + 1 for c in range(C) if G[c] > 0], default=C) if conv.dead_units == "nan" else C
     for u in range(U):
         label, best = _best(iou[u][:end], cat, num_categories, conv)
+        if Atot[u] == N and N > 0 and not conv.background_competes:   # on every pixel: no region
+            label, best = -1, best if conv.dead_units == "nan" and math.isnan(best) else 0.0
         labels.append(label)
         bests.append(best)
     detect = []

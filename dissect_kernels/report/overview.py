@@ -71,7 +71,7 @@ def run_details(result: DissectionResult) -> str:
         ("convention", result.convention), ("detector rule", detector_rule(result.convention)),
         ("unit numbering", f"units are numbered from {result.unit_base}"),
         ("model", result.model), ("dataset", result.dataset), ("parameters", result.parameters),
-        ("skipped samples", skipped), ("timing (s)", {k: round(v, 2) for k, v in result.timing.items()}),
+        ("skipped samples", skipped), ("warnings", "; ".join(result.warnings) or "none"), ("timing (s)", {k: round(v, 2) for k, v in result.timing.items()}),
         ("created", f"{result.created} (dissect_kernels {result.version})")])
 
 

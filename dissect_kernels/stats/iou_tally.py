@@ -209,8 +209,9 @@ class IoUTally:
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(label [U] int64, iou [U] float64): each unit's label under the convention's rule.
-        A unit with no positive IoU (a dead or constant unit among them) gets label -1 and IoU
-        0, or NaN under dead_units="nan" where its IoU row holds a 0/0 (as davidbau/dissect,
+        A unit with no positive IoU (a dead or constant unit among them), or active on every
+        pixel (possible with given thresholds or ">="; except where condition 0, "all pixels",
+        competes), gets label -1 and IoU 0, or NaN under dead_units="nan" where its IoU row holds a 0/0 (as davidbau/dissect,
         whose IoU matrix ends at the highest concept present in the data)."""
         conv = self.convention
         scores = self.iou()
@@ -227,7 +228,10 @@ class IoUTally:
             end = C if conv.dead_units != "nan" or present.numel() == 0 else int(present[-1]) + 1
             value, label = scores[:, first:max(end, first + 1)].max(dim=1)   # NaN propagates
             label = label + first
-        none = ~(value > 0)
+        everywhere = (self.active_total == self.total_pixels) & (self.active_total > 0)
+        if conv.background_competes:                        # davidbau/dissect: condition 0 is "everywhere"
+            everywhere = torch.zeros_like(everywhere)
+        none = ~(value > 0) | everywhere.to(value.device)   # a unit on every pixel marks no region
         label = torch.where(none, torch.full_like(label, -1), label)
         keep_nan = conv.dead_units == "nan"
         value = torch.where(none & ~(keep_nan & value.isnan()), torch.zeros_like(value), value)
