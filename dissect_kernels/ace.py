@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dissect_kernels.engine.layers import LayerSpec
-from dissect_kernels.engine import CheckpointSpec, IndexSource, Pass, run_passes
+from dissect_kernels.engine import CheckpointSpec, IndexSource, IntegerCounts, Pass, run_passes
 from dissect_kernels.gan_setup import GanSetup, edit_positions, value_pass
 from dissect_kernels.intervene import intervene
 
@@ -60,7 +60,7 @@ class UnitRanking:
     value: torch.Tensor
 
 
-class EffectCounts:
+class EffectCounts(IntegerCounts):
     """Concept pixels summed over samples: unedited, and with each of S unit sets ablated and/or
     inserted (one batched dk.intervene per batch and edit). int64, exact to merge."""
 
@@ -89,18 +89,6 @@ class EffectCounts:
         if self.insert:
             self.counts["inserted"] += self._edited(step, "insert")
 
-    def merge(self, other: "EffectCounts") -> None:
-        for k, v in other.counts.items():
-            self.counts[k] += v
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.counts.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.counts = {k: state[k].to(torch.int64).cpu().clone() for k in self.counts}
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
 
 
 def _effects(st: GanSetup, sets, mode: str, value, positions, num_samples: int, batch_size: int,

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dissect_kernels.engine import CheckpointSpec, IndexSource, Pass, run_passes
+from dissect_kernels.engine import CheckpointSpec, IndexSource, IntegerCounts, Pass, run_passes
 from dissect_kernels.gan_setup import GanSetup, value_pass
 from dissect_kernels.generated import segment
 from dissect_kernels.intervene import intervene
@@ -86,7 +86,7 @@ def region_counts(seg: torch.Tensor, grid: tuple[int, int], num_classes: int) ->
     return hot.long().reshape(B, num_classes, gh, H // gh, gw, W // gw).sum((3, 5))
 
 
-class ContextCounts:
+class ContextCounts(IntegerCounts):
     """The context map's integer counts (see ContextResult), one batched intervention per batch."""
 
     needs_output = True
@@ -130,18 +130,6 @@ class ContextCounts:
         c["context_trials"] += torch.bincount(ctx, minlength=st.C)
         c["context_appeared"] += torch.bincount(ctx, weights=hit.reshape(-1).double(), minlength=st.C).long()
 
-    def merge(self, other: "ContextCounts") -> None:
-        for k, v in other.counts.items():
-            self.counts[k] += v
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.counts.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.counts = {k: state[k].to(torch.int64).cpu().clone() for k in self.counts}
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
 
 
 def _grid(grid, size: tuple[int, int]) -> tuple[int, int]:

@@ -11,12 +11,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dissect_kernels.engine import IndexSource, Pass, run_passes
+from dissect_kernels.engine import IndexSource, IntegerCounts, Pass, run_passes
 from dissect_kernels.generated import make_z_sampler, segment, segmenter_info
 from dissect_kernels.ops.segment_stats import segment_stats
 
 
-class ClassFrequency:
+class ClassFrequency(IntegerCounts):
     """Per class: pixels [C] and images holding it [C] (int64); images and pixels seen."""
 
     needs_output = True
@@ -37,18 +37,6 @@ class ClassFrequency:
         c["num_images"] += n.shape[0]
         c["num_pixels"] += n.shape[0] * seg.shape[-1] * seg.shape[-2]
 
-    def merge(self, other: "ClassFrequency") -> None:
-        for k, v in other.counts.items():
-            self.counts[k] += v
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.counts.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.counts = {k: state[k].to(torch.int64).cpu().clone() for k in self.counts}
-
-    def finalize(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
 
 
 @dataclass

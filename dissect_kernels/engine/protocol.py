@@ -41,6 +41,27 @@ class Accumulator(Protocol):
         """The pass's result: a tensor or a flat dict of tensors."""
 
 
+class IntegerCounts:
+    """The merge, checkpoint and result of an accumulator whose state is `self.counts`, a dict
+    of int64 tensors that only ever add up (so shards merge exactly): a statistic defines its
+    counts and update() and inherits the rest."""
+
+    counts: dict[str, torch.Tensor]
+
+    def merge(self, other) -> None:
+        for k, v in other.counts.items():
+            self.counts[k] += v
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.counts.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.counts = {k: state[k].to(torch.int64).cpu().clone() for k in self.counts}
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
+
+
 @dataclass(frozen=True)
 class Pass:
     """One streaming pass over the data: `build(results)` makes its accumulators (name ->
