@@ -161,7 +161,7 @@ def _layer(result, layer: str, perts) -> dict:
 def add_arguments(p) -> None:
     """The CLI options: the shared ones plus --perturbations, --targets, --perturb-seed."""
     from dissect_kernels.cli.analyze import add_model_args
-    add_model_args(p)
+    add_model_args(p, max_images=300)       # every perturbation is one more dissection's forward passes
     p.add_argument("--perturbations", default=",".join(DEFAULT_PERTURBATIONS),
                    help="comma-separated: noise-K (K*U[0,1] pixel units), rotate-DEGREES, shuffle-N (N x N "
                         f"patches) (default: {','.join(DEFAULT_PERTURBATIONS)})")

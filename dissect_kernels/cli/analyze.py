@@ -25,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return a
 
 
-def add_model_args(p, *, layers_help: str = "") -> None:
+def add_model_args(p, *, layers_help: str = "", max_images: int | None = None) -> None:
     """The model, layers, dataset and run options `dissect` takes (same names, same defaults)."""
     p.add_argument("--model", help="'module.path:factory' returning an nn.Module (default: the embedded small CNN)")
     p.add_argument("--weights", help="state dict (.safetensors or torch file) for --model or the embedded CNN")
@@ -39,7 +39,9 @@ def add_model_args(p, *, layers_help: str = "") -> None:
     p.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
                    help="tally kernel backend (default: auto)")
-    p.add_argument("--max-images", type=int, help="use only the first N images of the dataset")
+    p.add_argument("--max-images", type=int, default=max_images,
+                   help="use only the first N images of the dataset" +
+                        (f" (default {max_images}; 0: all)" if max_images else ""))
     p.add_argument("--num-workers", type=int, default=None, help="image-decoding worker processes")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic dataset (default 1)")
     add_input_args(p)
@@ -59,6 +61,8 @@ def add_out_args(p) -> None:
 def prepare(args):
     """(model, layer specs, dataset, out folder) from the shared options, checked in `dissect`'s order."""
     check_device(args.device)
+    if args.max_images == 0:
+        args.max_images = None
     model, layers = _model_and_layers(args)
     _check_numbers(args)
     out = prepare_out(Path(args.out), Path(DEFAULT_OUT))
