@@ -53,3 +53,14 @@ def test_analysis_from_the_command_line(broden, tmp_path, capsys, name, extra):
 def test_bad_flags_fail_in_one_line(tmp_path, args, flag):
     with pytest.raises(SystemExit, match=flag):
         main(["analyze", *args, "--out", str(tmp_path)])
+
+
+def test_a_later_dissect_keeps_the_analysis_pages_listed(broden, tmp_path):
+    root, q = broden
+    common = ["--model", "planted:Planted", "--layers", "units", "--dataset", str(root), "--quantile", str(q),
+              "--out", str(tmp_path), "--quiet", *IDS]
+    assert main(["analyze", "pca", *common]) == 0
+    assert main(["dissect", *common]) == 0
+    index = (tmp_path / "index.html").read_text()
+    assert "pca.html" in index and "layer-units.html" in index
+    assert "pca.html" in (tmp_path / "layer-units.html").read_text()      # in the pages' navigation too

@@ -38,6 +38,17 @@ class Site:
         self.title, self.subtitle, self.overview = title, subtitle, overview
         self.entries: list[PageEntry] = []
         self.renderers: dict[str, Callable[[Path], str]] = {}
+        self.kept: list[PageEntry] = []          # pages of an earlier site listed, not rewritten
+
+    def keep(self, folder: Path, section: str = "Analyses") -> "Site":
+        """List the `section` pages of the site already in `folder` (e.g. analyses added to an
+        earlier run) whose files still exist, so rewriting the site does not orphan them."""
+        path = Path(folder) / MANIFEST_FILE
+        if path.is_file():
+            old = read_json(path, "report site manifest").get("pages", [])
+            self.kept = [PageEntry(**e) for e in old if e.get("section") == section
+                         and e["file"] not in self.renderers and (Path(folder) / e["file"]).is_file()]
+        return self
 
     def add(self, file: str, title: str, render: Callable[[Path], str], *, section: str = "Pages",
             summary: str = "") -> "Site":
@@ -50,9 +61,9 @@ class Site:
 
     def render(self, folder: Path) -> dict[str, str]:
         """{file name: text} for every page, index.html and site.json."""
-        entries = ordered(self.entries)
+        entries = ordered(self.entries + [e for e in self.kept if e.file not in self.renderers])
         out = {e.file: html_page(f"{e.title} \u00b7 {self.title}", self.body(e.file, folder),
-                                 nav_bar(self.title, entries, e.file)) for e in entries}
+                                 nav_bar(self.title, entries, e.file)) for e in entries if e.file in self.renderers}
         overview = self.overview(folder) if self.overview else ""
         manifest = {"title": self.title, "subtitle": self.subtitle, "overview": overview,
                     "pages": [asdict(e) for e in entries]}

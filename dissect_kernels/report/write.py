@@ -27,6 +27,8 @@ def write_run(out_dir, result: DissectionResult, *, strips: Callable[[Path], Non
     try:
         if strips is not None:
             strips(stage)
+        if site is not None:
+            site.keep(out)                # analyses added to an earlier run stay listed
         save_results(out, result, extra_files=site.writers(stage) if site is not None else None)
         for strip in sorted(p for p in stage.rglob("*") if p.is_file()):
             dest = out / strip.relative_to(stage)
