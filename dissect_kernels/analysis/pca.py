@@ -102,7 +102,7 @@ class ConceptGram(_Sums):
 def pca(model, layers, dataset, *, concepts=None, max_concepts: int = 40, components: int = 3,
         one_unit_share: float = 0.5, batch_size: int = 32, device=None, out_dir=None, progress: bool = True,
         num_workers=None, checkpoint_interval: float = 120.0, resume: bool = True, strict: bool = False,
-        report: bool = True, **_ignored) -> dict:
+        report: bool = True) -> dict:
     """Per layer and concept (the named `concepts`, else the max_concepts with the most pixels),
     the top `components` of the SVD of standardised activations on its pixels; a concept is
     'one unit' when its first component's largest loading share is >= one_unit_share. Returns
@@ -175,7 +175,7 @@ def _layer(layer: str, results, dataset, k: int, one_share: float) -> dict:
 def add_arguments(p) -> None:
     """The shared options plus --concepts, --max-concepts, --components, --one-unit-share."""
     from dissect_kernels.cli.analyze import add_model_args
-    add_model_args(p)
+    add_model_args(p, thresholds=False)
     p.add_argument("--concepts", help="comma-separated concept names (default: the most frequent ones)")
     p.add_argument("--max-concepts", type=int, default=40, help="without --concepts: how many (default 40)")
     p.add_argument("--components", type=int, default=3, help="top components kept per concept (default 3)")
@@ -186,7 +186,7 @@ def add_arguments(p) -> None:
 
 def run_cli(args) -> int:
     """`dissect-kernels analyze pca`: print each layer's concepts, write pca.json + page."""
-    from dissect_kernels.cli.analyze import common_kwargs, prepare
+    from dissect_kernels.cli.analyze import prepare
     from dissect_kernels.io.lock import locked
     if args.max_concepts < 1 or args.components < 1 or not 0 < args.one_unit_share <= 1:
         raise SystemExit("--max-concepts and --components must be >= 1 and --one-unit-share in (0, 1]")
@@ -194,7 +194,8 @@ def run_cli(args) -> int:
     with locked(out):
         rec = pca(model, layers, dataset, concepts=args.concepts.split(",") if args.concepts else None,
                   max_concepts=args.max_concepts, components=args.components, one_unit_share=args.one_unit_share,
-                  num_workers=args.num_workers, strict=args.strict, out_dir=out, **common_kwargs(args))
+                  num_workers=args.num_workers, strict=args.strict, out_dir=out, batch_size=args.batch_size,
+                  device=args.device, progress=not args.quiet, resume=not args.fresh)
     for layer, lr in rec["layers"].items():
         one = sum(c["carried_by"] == "one unit" for c in lr["concepts"])
         print(f"\n{layer}: {one}/{len(lr['concepts'])} concepts carried by one unit")

@@ -25,8 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return a
 
 
-def add_model_args(p, *, layers_help: str = "", max_images: int | None = None) -> None:
-    """The model, layers, dataset and run options `dissect` takes (same names, same defaults)."""
+def add_model_args(p, *, layers_help: str = "", max_images: int | None = None, thresholds: bool = True) -> None:
+    """The model, layers, dataset and run options `dissect` takes (same names, same defaults);
+    thresholds=False leaves out --convention, --quantile and --backend (for analyses that tally nothing)."""
     p.add_argument("--model", help="'module.path:factory' returning an nn.Module (default: the embedded small CNN)")
     p.add_argument("--weights", help="state dict (.safetensors or torch file) for --model or the embedded CNN")
     p.add_argument("--layers", help=layers_help or "comma-separated layers, as for `dissect` (default for the "
@@ -34,11 +35,14 @@ def add_model_args(p, *, layers_help: str = "", max_images: int | None = None) -
     p.add_argument("--dataset", default="synthetic",
                    help="'broden:PATH' (or PATH) of a Broden-format copy, or 'synthetic[:N]' "
                         f"(default: synthetic, N={DEFAULT_SYNTHETIC_IMAGES})")
-    p.add_argument("--convention", default="exact", help="exact (default), netdissect, netdissect-lite, dissect "
-                                                        "or gandissect (docs/conventions.md)")
-    p.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
-                   help="tally kernel backend (default: auto)")
+    if thresholds:
+        p.add_argument("--convention", default="exact", help="exact (default), netdissect, netdissect-lite, "
+                                                            "dissect or gandissect (docs/conventions.md)")
+        p.add_argument("--quantile", type=float, help="threshold quantile (default: the convention's)")
+        p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "triton", "reference"],
+                       help="tally kernel backend (default: auto)")
+    else:
+        p.set_defaults(convention="exact", quantile=None, backend="auto")
     p.add_argument("--max-images", type=int, default=max_images,
                    help="use only the first N images of the dataset" +
                         (f" (default {max_images}; 0: all)" if max_images else ""))

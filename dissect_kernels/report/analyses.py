@@ -151,7 +151,8 @@ def overlap_matrix(rec: dict):
     ax.bar([x + 0.2 for x in xs], [s["unique_concepts"] for s in rec["sides"]], 0.4, color=SERIES[1],
            label="unique concepts")
     ax.set_xticks(list(xs), sides, rotation=90)
-    ax.legend(fontsize=8)
+    ax.set_ylim(top=1.3 * max([s["detectors"] for s in rec["sides"]] + [1]))
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
     ax2 = fig.add_subplot(1, 2, 2)
     im = ax2.imshow(jac, vmin=0, vmax=1, cmap="Blues")
     ax2.set_xticks(list(xs), sides, rotation=90)
