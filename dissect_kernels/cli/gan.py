@@ -20,16 +20,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `gan` subcommand to an argparse subparsers object."""
     p = sub.add_parser("gan", help="dissect a generator and rank its units by causal effect",
                        description=" ".join(__doc__.split()))
-    p.add_argument("--generator", help="'module.path:factory' returning the generator (default: the "
-                                       "shipped tiny GAN)")
-    p.add_argument("--weights", help="state dict (.safetensors or a torch file) for --generator, or for "
-                                     "the shipped tiny GAN's architecture without --generator")
-    p.add_argument("--segmenter", help="'module.path:factory' returning a segmenter (see "
-                                       "dissect_kernels.segmenters), or hf:FOLDER for a local Hugging Face "
-                                       "semantic-segmentation model (default: the tiny GAN's exact palette "
-                                       "segmenter)")
-    p.add_argument("--layer", default=None, help="layer to dissect, a module name or NAME:LAYOUT,... as in "
-                                                 "`dissect --layers` (default: the tiny GAN's layer3)")
+    from dissect_kernels.cli.gan_common import add_generator_args
+    add_generator_args(p)
     p.add_argument("--concept", default=None, help="concept for the ACE ranking (default: the first "
                                                    "non-background class)")
     p.add_argument("--num-samples", type=int, default=160, help="generated samples to dissect (default 160)")

@@ -8,7 +8,18 @@ DEFAULT_OUT = Path("results/gan")
 
 
 def add_model_args(p) -> None:
-    """The flags every gan command shares: generator, weights, segmenter, layer, samples, output."""
+    """The flags every gan analysis command shares: the model's, samples, output."""
+    add_generator_args(p)
+    p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="z of sample i depends only on (seed, i) (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the generator's device)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder; the page joins its report site (default: {DEFAULT_OUT})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_generator_args(p) -> None:
+    """--generator, --weights, --segmenter, --layer (every gan command)."""
     p.add_argument("--generator", help="'module.path:factory' returning the generator (default: the "
                                        "shipped tiny GAN)")
     p.add_argument("--weights", help="state dict (.safetensors or a torch file) for --generator, or for "
@@ -18,12 +29,6 @@ def add_model_args(p) -> None:
                                        "semantic-segmentation model (default: the tiny GAN's palette segmenter)")
     p.add_argument("--layer", default=None, help="layer, a module name or NAME:LAYOUT,... as in "
                                                  "`dissect --layers` (default: the tiny GAN's layer3)")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="z of sample i depends only on (seed, i) (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the generator's device)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder; the page joins its report site (default: {DEFAULT_OUT})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_segmenter(spec: str | None):
