@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-MODULES = ("robustness", "rotation", "pca", "compose", "compare")
+MODULES = ("robustness", "rotation", "pca", "importance", "compose", "compare")
 
 ANALYSES = tuple(import_module(f"{__name__}.{name}") for name in MODULES)
 for _module in ANALYSES:                 # the function, not the module, under its name
