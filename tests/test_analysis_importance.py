@@ -136,5 +136,8 @@ def test_cli_on_the_default_model(tmp_path, capsys):
     lr = rec["layers"]["conv4"]
     assert lr["units_total"] == 128 and len(lr["classes"]) == 36 and lr["units"][7]["unit"] == 7
     assert "Spearman with the mean accuracy drop" in capsys.readouterr().out
+    assert main(["analyze", "importance", "--dataset", "synthetic:24", "--rotate", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    assert list(json.loads((out / "importance.json").read_text())["layers"]) == ["conv4.rot"]
     with pytest.raises(SystemExit, match="--targets"):
         main(["analyze", "importance", "--model", "torch.nn:Identity", "--layers", "x", "--out", str(out)])

@@ -194,6 +194,9 @@ def add_arguments(p) -> None:
     p.add_argument("--targets", help="comma-separated concept names of the model's outputs, in order (output k "
                                      "predicts 'concept k is present'; default: the embedded model's targets)")
     p.add_argument("--chunk-size", type=int, help="ablated units per forward pass (default: by batch size)")
+    p.add_argument("--rotate", type=int, metavar="SEED",
+                   help="analyse the model with each layer's basis randomly rotated (same function; the units "
+                        "become the layer's rotated directions, named LAYER.rot)")
 
 
 def run_cli(args) -> int:
@@ -211,6 +214,8 @@ def run_cli(args) -> int:
     if args.chunk_size is not None and args.chunk_size < 1:
         raise SystemExit(f"--chunk-size must be a positive integer, got {args.chunk_size}")
     model, layers, dataset, out = prepare(args)
+    if args.rotate is not None:
+        model, layers = rotated(model, layers, args.rotate)
     with locked(out):
         try:
             rec = importance(model, layers, dataset, targets, num_workers=args.num_workers, strict=args.strict,
@@ -224,6 +229,21 @@ def run_cli(args) -> int:
         print("  largest drops: " + ", ".join(f"{t} unit {c['top_unit']} ({c['top_drop']:.3f})" for t, c in top))
     print(f"\nresults: {out / 'importance.json'}\nreport:  {(out / 'importance.html').resolve()}")
     return 0
+
+
+def rotated(model, specs, seed: int):
+    """(a copy of model with each layer wrapped in RotatedBasis, the rotated layers' names)."""
+    from dissect_kernels.models.tiny_classifier import rotate_basis
+    names = []
+    for s in specs:
+        if s.layout != "nchw" or s.select is not None or s.capture != "output":
+            raise SystemExit(f"--rotate: layer {s.key!r} is not a plain [B, U, h, w] module output")
+        try:
+            model = rotate_basis(model, s.module, seed)
+        except ValueError as err:
+            raise SystemExit(f"--rotate: {err}") from None
+        names.append(f"{s.module}.rot")
+    return model, names
 
 
 def _r(r) -> str:

@@ -101,7 +101,9 @@ def rotate_basis(model: nn.Module, layer: str, seed: int = 0) -> nn.Module:
     parent_name, _, child = layer.rpartition(".")
     parent = hooks.get_module(out, parent_name) if parent_name else out
     inner = getattr(parent, child)
-    width = next(m for m in reversed(list(inner.modules())) if isinstance(m, (nn.Conv2d, nn.Linear)))
-    U = width.out_channels if isinstance(width, nn.Conv2d) else width.out_features
+    last = next((m for m in reversed(list(inner.modules())) if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if last is None:
+        raise ValueError(f"layer {layer!r} holds no conv or linear module: its width is unknown")
+    U = last.out_channels if isinstance(last, nn.Conv2d) else last.out_features
     setattr(parent, child, RotatedBasis(inner, random_rotation(U, seed)))
     return out
