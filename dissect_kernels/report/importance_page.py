@@ -10,6 +10,8 @@ from dissect_kernels.report.plots import SERIES, figure_img, new_figure, styled
 LABELS = {"selectivity": "class selectivity", "weight_l1": "weight L1 norm", "best_iou": "best concept IoU",
           "mean_activation": "mean activation"}
 
+SHORT = {"selectivity": "selectivity", "weight_l1": "weight L1", "best_iou": "IoU", "mean_activation": "activation"}
+
 
 @styled
 def attribute_scatter(layer: str, lr: dict):
@@ -50,6 +52,7 @@ def importance_page(rec: dict) -> tuple[str, str]:
                  "-" if c["top_share"] is None else c["top_share"], *[_r(c["spearman"][a]) for a in LABELS]]
                 for t, c in classes]
         parts.append(table(["class", "balanced accuracy", "top unit", "its drop", "share of drop",
-                            *[f"Spearman {LABELS[a]}" for a in LABELS]], rows, caption="per class"))
+                            *[f"\u03c1 {SHORT[a]}" for a in LABELS]], rows,
+                           caption="per class (\u03c1: Spearman with the class's drops)"))
     layer, lr = next(iter(rec["layers"].items()))
     return "\n".join(parts), f"{layer}: Spearman(selectivity, drop) {_r(lr['spearman']['selectivity'])}"
