@@ -95,12 +95,13 @@ class FormulaCounts:
             raise ValueError(f"a batch of {sig.numel()} labelled pixels is over 2^24: lower the batch size")
         geometry = self.geometry_for(tuple(a.shape[2:]), size)
         m = unit_signature_counts(a, self.thresholds, geometry, size, sig, member.shape[0])
-        self._add(self._counts(m, member.float(), count.float()))
+        # float64 products: exact counts even where TF32 matmuls are switched on
+        self._add(self._counts(m.double(), member.double(), count.double()))
 
     def _counts(self, m, Z, n) -> dict:
         if self.beams is None:
             return {"unit_concept": m @ Z, "unit": m.sum(1), "concept": n @ Z}
-        f = fm.evaluate(self.unique.to(Z.device), Z > 0).float()                  # [F, T]
+        f = fm.evaluate(self.unique.to(Z.device), Z > 0).double()                 # [F, T]
         out = {"formula_concept": (f * n) @ Z, "formula": f @ n}
         inv = self.inverse.to(Z.device)
         parts = [(m[u0:u0 + UNIT_CHUNK, None, :] * f[inv[u0:u0 + UNIT_CHUNK]]) for u0 in range(0, m.shape[0], UNIT_CHUNK)]
